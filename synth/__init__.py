@@ -1,0 +1,1 @@
+"""synth: training data for embedding and retrieval models, generated with LLMs."""

