@@ -168,12 +168,10 @@ def models() -> None:
     """List the model aliases and where their files come from."""
     from synth.models import ALIASES, alias_location
 
-    table = Table(title="model aliases")
-    for column in ("alias", "kind", "package", "location", "description"):
-        table.add_column(column)
     for alias in ALIASES.values():
-        table.add_row(alias.name, alias.kind, alias.package, alias_location(alias.name), alias.description)
-    console.print(table)
+        console.print(f"[bold]{alias.name}[/] ({alias.kind}, package {alias.package})", highlight=False)
+        console.print(f"  {alias.description}", highlight=False, soft_wrap=True)
+        console.print(f"  {alias_location(alias.name)}", highlight=False, soft_wrap=True)
     console.print("Any other name is a local folder or a Hugging Face hub id.")
 
 

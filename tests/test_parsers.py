@@ -114,9 +114,7 @@ def test_lines_unicode() -> None:
 
 
 def test_json_in_fence_with_prose_explodes_array() -> None:
-    reply = (
-        'Sure! Here are the queries:\n```json\n["q one", "q two", "q three"]\n```\nHope it helps.'
-    )
+    reply = 'Sure! Here are the queries:\n```json\n["q one", "q two", "q three"]\n```\nHope it helps.'
     assert parse_reply(reply, "json", schema=QUERIES_SCHEMA) == ["q one", "q two", "q three"]
 
 

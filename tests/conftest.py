@@ -1,0 +1,54 @@
+"""Shared fixtures: the real bundled models, built once per test session.
+
+One vLLM engine serves every test that needs an LLM (engine start-up is about a minute on CPU);
+tests that run the CLI in a subprocess start their own, as a user's command would.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+QUICKSTART = REPO / "recipes" / "quickstart.yaml"
+
+
+@pytest.fixture(scope="session")
+def vllm_backend() -> Iterator[object]:
+    from synth.backends.vllm import VLLMBackend
+    from synth.recipe import LLMSpec
+
+    backend = VLLMBackend(LLMSpec())
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="session")
+def embedder() -> object:
+    from synth.embedders import SentenceTransformerEmbedder
+    from synth.recipe import EmbedderSpec
+
+    return SentenceTransformerEmbedder(EmbedderSpec())
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(vllm_backend: object, embedder: object, tmp_path_factory: pytest.TempPathFactory) -> object:
+    """The shipped quickstart recipe, run once through the real engine and embedder."""
+    from synth.recipe import load_recipe
+    from synth.runner import run_recipe
+
+    recipe, recipe_dir = load_recipe(QUICKSTART)
+    out = tmp_path_factory.mktemp("quickstart") / "quickstart"
+    return run_recipe(recipe, recipe_dir, output_dir=out, llm=vllm_backend, embedder=embedder)  # type: ignore[arg-type]
+
+
+def write_recipe(folder: Path, text: str, name: str = "recipe.yaml") -> Path:
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path

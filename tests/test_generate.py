@@ -1,0 +1,60 @@
+"""The generate step against the real vLLM engine: explode, guided JSON, and recorded parse failures."""
+
+from __future__ import annotations
+
+from synth.prompts import PromptLibrary
+from synth.recipe import GenerateSpec, SamplingSpec
+from synth.steps import StepContext
+from synth.steps.generate import GenerateStep
+
+DOCS = [
+    {"id": "tea", "text": "Green tea is made from unoxidised leaves and contains less caffeine than coffee."},
+    {"id": "moon", "text": "The Moon orbits Earth every 27.3 days and always shows the same face to us."},
+]
+
+
+def run(spec: GenerateSpec, backend, sampling: SamplingSpec | None = None):  # type: ignore[no-untyped-def]
+    ctx = StepContext(prompts=PromptLibrary(None), documents=DOCS, llm=lambda: backend, embedder=lambda: None)  # type: ignore[arg-type,return-value]
+    rows = [dict(d, source_id=d["id"]) for d in DOCS]
+    return GenerateStep(spec, sampling or SamplingSpec(max_tokens=48, stop=["\n"])).__call__(rows, ctx)
+
+
+def test_n_samples_explode_into_rows_that_keep_the_source_id(vllm_backend) -> None:  # type: ignore[no-untyped-def]
+    spec = GenerateSpec(name="para", template="paraphrase.j2", output="paraphrase", sampling={"n": 3})
+    result = run(spec, vllm_backend)
+    assert result.requests == 2
+    assert len(result.rows) + len(result.dropped) == 6
+    for row in result.rows:
+        assert row["source_id"] in ("tea", "moon") and row["paraphrase"].strip()
+        assert row["para_sample"] in (0, 1, 2) and len(row["para_template"]) == 16
+    assert result.completion_tokens > 0
+
+
+def test_guided_json_always_parses_and_list_replies_explode(vllm_backend) -> None:  # type: ignore[no-untyped-def]
+    schema = {"type": "array", "items": {"type": "string", "minLength": 3}, "minItems": 2, "maxItems": 3}
+    spec = GenerateSpec(name="qs", template="queries_json.j2", output="query", parser="json", json_schema=schema)
+    result = run(spec, vllm_backend, SamplingSpec(max_tokens=120, temperature=0.3))
+    assert result.dropped == [], [d["raw"] for d in result.dropped]
+    per_doc = {d["id"]: sum(r["source_id"] == d["id"] for r in result.rows) for d in DOCS}
+    assert all(2 <= n <= 3 for n in per_doc.values()), per_doc
+    assert all(isinstance(r["query"], str) and len(r["query"]) >= 3 for r in result.rows)
+
+
+def test_unparseable_replies_are_kept_aside_with_raw_text_and_reason(vllm_backend) -> None:  # type: ignore[no-untyped-def]
+    spec = GenerateSpec(
+        name="q", template="query_question.j2", output="query", parser="regex", pattern=r"NEVER_IN_A_REPLY_(\d+)"
+    )
+    result = run(spec, vllm_backend)
+    assert result.rows == []
+    assert [d["source_id"] for d in result.dropped] == ["tea", "moon"]
+    assert all(d["reason"] == "parse_no_match" and d["step"] == "q" and d["raw"] for d in result.dropped)
+
+
+def test_each_fans_out_prompts_and_records_the_value(vllm_backend) -> None:  # type: ignore[no-untyped-def]
+    spec = GenerateSpec(name="q", template="query.j2", output="query", each={"style": ["question", "claim"]})
+    result = run(spec, vllm_backend)
+    assert result.requests == 4
+    assert {(r["source_id"], r["style"]) for r in result.rows} <= {
+        ("tea", "question"), ("tea", "claim"), ("moon", "question"), ("moon", "claim")
+    }
+    assert len(result.rows) + len(result.dropped) == 4

@@ -1,0 +1,72 @@
+"""Sources: every format reads into id/text rows; bad input gets a clear error or a counted drop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from synth.io import SourceError, load_documents
+
+
+def test_jsonl_csv_json_and_text_folder(tmp_path: Path) -> None:
+    (tmp_path / "d.jsonl").write_text('{"id": 1, "text": "one", "title": "T"}\n\n{"id": 2, "text": "two"}\n')
+    (tmp_path / "d.csv").write_text("doc,body\nx,first\ny,second\n")
+    (tmp_path / "d.json").write_text(json.dumps([{"id": "j", "text": "json"}]))
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "b.txt").write_text("bee")
+    (folder / "a.txt").write_text("ay")
+
+    rows, dropped = load_documents(tmp_path / "d.jsonl")
+    assert rows == [{"title": "T", "id": "1", "text": "one"}, {"id": "2", "text": "two"}] and dropped == []
+    rows, _ = load_documents(tmp_path / "d.csv", text_column="body", id_column="doc")
+    assert [(r["id"], r["text"]) for r in rows] == [("x", "first"), ("y", "second")]
+    rows, _ = load_documents(tmp_path / "d.json")
+    assert rows == [{"id": "j", "text": "json"}]
+    rows, _ = load_documents(folder)
+    assert [(r["id"], r["text"]) for r in rows] == [("a.txt", "ay"), ("b.txt", "bee")]
+
+
+def test_parquet_and_saved_dataset(tmp_path: Path) -> None:
+    from datasets import Dataset
+
+    ds = Dataset.from_list([{"id": "p", "text": "parquet row"}])
+    ds.to_parquet(str(tmp_path / "d.parquet"))
+    ds.save_to_disk(str(tmp_path / "saved"))
+    assert load_documents(tmp_path / "d.parquet")[0] == [{"id": "p", "text": "parquet row"}]
+    assert load_documents(tmp_path / "saved")[0] == [{"id": "p", "text": "parquet row"}]
+
+
+def test_blank_texts_are_counted_drops_and_limit_applies(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"id": "a", "text": "  "}\n{"id": "b", "text": null}\n{"id": "c", "text": "ok"}\n{"id": "d", "text": "more"}\n')
+    rows, dropped = load_documents(path, limit=1)
+    assert [r["id"] for r in rows] == ["c"]
+    assert [(d["source_id"], d["reason"]) for d in dropped] == [("a", "empty_text"), ("b", "empty_text")]
+
+
+def test_errors_name_the_file_and_problem(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(SourceError, match="empty.jsonl: the source is empty"):
+        load_documents(empty)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1, "text": "a"}\n{"id": 2, "text": \n')
+    with pytest.raises(SourceError, match="bad.jsonl:2: not valid JSON"):
+        load_documents(bad)
+    nocol = tmp_path / "nocol.jsonl"
+    nocol.write_text('{"id": 1, "body": "a"}\n')
+    with pytest.raises(SourceError, match="no column 'text' \\(columns: id, body\\)"):
+        load_documents(nocol)
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text('{"id": 1, "text": "a"}\n{"id": 1, "text": "b"}\n')
+    with pytest.raises(SourceError, match="duplicate id '1'"):
+        load_documents(dup)
+    with pytest.raises(SourceError, match="file not found"):
+        load_documents(tmp_path / "missing.jsonl")
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text('{"id": 1, "text": ""}\n')
+    with pytest.raises(SourceError, match="no row has a non-empty 'text'"):
+        load_documents(blank)
