@@ -115,15 +115,19 @@ def validate_recipe(recipe: Recipe, recipe_dir: Path) -> list[str]:
 
 
 class _Lazy:
-    """Builds a model on first call, once; remembers whether it built it (and must close it)."""
+    """Builds a model on first call, once, under a progress line (engine start-up takes a while)."""
 
-    def __init__(self, build: Callable[[], Any]) -> None:
+    def __init__(self, build: Callable[[], Any], description: str, progress: Progress) -> None:
         self._build = build
+        self._description = description
+        self._progress = progress
         self.value: Any = None
 
     def __call__(self) -> Any:
         if self.value is None:
-            self.value = self._build()
+            with self._progress.task(self._description, 1) as advance:
+                self.value = self._build()
+                advance(1)
         return self.value
 
 
@@ -141,8 +145,12 @@ def run_recipe(
     started = time.perf_counter()
     progress = progress or SilentProgress()
     docs, dropped = load_source(recipe, limit)
-    lazy_llm = _Lazy(lambda: llm or make_backend(recipe.llm))
-    lazy_embedder = _Lazy(lambda: embedder or SentenceTransformerEmbedder(recipe.embedder))
+    lazy_llm = _Lazy(lambda: llm or make_backend(recipe.llm), f"loading LLM {recipe.llm.model}", progress)
+    lazy_embedder = _Lazy(
+        lambda: embedder or SentenceTransformerEmbedder(recipe.embedder),
+        f"loading embedder {recipe.embedder.model}",
+        progress,
+    )
     ctx = StepContext(
         prompts=PromptLibrary(recipe_dir), documents=docs, llm=lazy_llm, embedder=lazy_embedder, progress=progress
     )

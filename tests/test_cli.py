@@ -52,7 +52,9 @@ def test_validate_renders_templates_and_reports_missing_variables(tmp_path: Path
     assert synth("validate", str(QUICKSTART)).returncode == 0
     (tmp_path / "d.jsonl").write_text('{"id": "a", "text": "x"}\n')
     (tmp_path / "ask.j2").write_text("### user\n{{ passage }}")
-    recipe = write_recipe(tmp_path, "source: {path: d.jsonl}\nsteps:\n  - generate: {name: q, template: ask.j2, output: query}\n")
+    recipe = write_recipe(
+        tmp_path, "source: {path: d.jsonl}\nsteps:\n  - generate: {name: q, template: ask.j2, output: query}\n"
+    )
     result = synth("validate", str(recipe))
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "'ask.j2'" in result.stderr and "'passage' is undefined" in result.stderr and "row 0" in result.stderr

@@ -11,13 +11,21 @@ from datasets import load_from_disk
 from synth.export import training_rows, write_output
 
 ROWS = [
-    {"query": "q1", "text": "p1", "negatives": ["n1", "n2", "n3"], "source_id": "a", "negative_scores": [0.5, 0.4, 0.3]},
+    {
+        "query": "q1",
+        "text": "p1",
+        "negatives": ["n1", "n2", "n3"],
+        "source_id": "a",
+        "negative_scores": [0.5, 0.4, 0.3],
+    },
     {"query": "q2", "text": "p2", "negatives": ["m1", "m2"], "source_id": "b", "negative_scores": [0.2, 0.1]},
 ]
 
 
 def write(out: Path, rows=ROWS, **kw) -> Path:  # type: ignore[no-untyped-def]
-    args = dict(anchor="query", positive="text", formats=["jsonl", "parquet"], card="# card", recipe_yaml="x: 1", summary={})
+    args = dict(
+        anchor="query", positive="text", formats=["jsonl", "parquet"], card="# card", recipe_yaml="x: 1", summary={}
+    )
     args.update(kw)
     return write_output(out, rows, [{"step": "s", "reason": "r", "source_id": "c"}], **args)  # type: ignore[arg-type]
 

@@ -55,6 +55,9 @@ def test_each_fans_out_prompts_and_records_the_value(vllm_backend) -> None:  # t
     result = run(spec, vllm_backend)
     assert result.requests == 4
     assert {(r["source_id"], r["style"]) for r in result.rows} <= {
-        ("tea", "question"), ("tea", "claim"), ("moon", "question"), ("moon", "claim")
+        ("tea", "question"),
+        ("tea", "claim"),
+        ("moon", "question"),
+        ("moon", "claim"),
     }
     assert len(result.rows) + len(result.dropped) == 4

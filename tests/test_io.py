@@ -41,7 +41,9 @@ def test_parquet_and_saved_dataset(tmp_path: Path) -> None:
 
 def test_blank_texts_are_counted_drops_and_limit_applies(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
-    path.write_text('{"id": "a", "text": "  "}\n{"id": "b", "text": null}\n{"id": "c", "text": "ok"}\n{"id": "d", "text": "more"}\n')
+    path.write_text(
+        '{"id": "a", "text": "  "}\n{"id": "b", "text": null}\n{"id": "c", "text": "ok"}\n{"id": "d", "text": "more"}\n'
+    )
     rows, dropped = load_documents(path, limit=1)
     assert [r["id"] for r in rows] == ["c"]
     assert [(d["source_id"], d["reason"]) for d in dropped] == [("a", "empty_text"), ("b", "empty_text")]

