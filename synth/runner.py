@@ -34,6 +34,7 @@ class StepReport:
     rows_out: int
     dropped: dict[str, int]
     requests: int = 0
+    retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
@@ -171,6 +172,7 @@ def run_recipe(
                     rows_out=len(result.rows),
                     dropped=dict(Counter(d["reason"] for d in result.dropped)),
                     requests=result.requests,
+                    retries=result.retries,
                     prompt_tokens=result.prompt_tokens,
                     completion_tokens=result.completion_tokens,
                     seconds=round(time.perf_counter() - t0, 2),

@@ -23,17 +23,26 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int = 0
     json_schema: dict[str, Any] | None = None
+    logprobs: int | None = None  # top-k log-probabilities per generated token (LLM-judge scores)
 
 
 @dataclass
 class Completion:
-    texts: list[str]  # n samples
+    """The reply to one conversation: n sample texts, or an error after all retries failed."""
+
+    texts: list[str]  # n samples; empty when `error` is set
     finish_reasons: list[str] = field(default_factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Per sample, per generated token: {token text: logprob} of the top `logprobs` candidates.
+    logprobs: list[list[dict[str, float]]] | None = None
+    retries: int = 0  # attempts beyond the first (API backends)
+    error: str | None = None  # why the request finally failed; the row is recorded as a drop
 
 
-ProgressCallback = Callable[[int], None]  # called with the number of conversations just finished
+# Called once per conversation as soon as its Completion is ready: (index into the input, completion).
+# Lets callers commit results as they arrive (cache, progress) instead of after the whole batch.
+ResultCallback = Callable[[int, Completion], None]
 
 
 class LLMBackend(Protocol):
@@ -43,9 +52,9 @@ class LLMBackend(Protocol):
         self,
         conversations: Sequence[Messages],
         params: SamplingParams,
-        progress: ProgressCallback | None = None,
+        on_result: ResultCallback | None = None,
     ) -> list[Completion]:
-        """One Completion per conversation, same order as the input."""
+        """One Completion per conversation, same order as the input; `on_result` fires as each is ready."""
         ...
 
     def close(self) -> None: ...

@@ -9,13 +9,12 @@ per-request seed kills the CPU engine); on GPU it uses bf16 and per-request seed
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from synth.backends import Completion, Messages, ProgressCallback, SamplingParams
+from synth.backends import Completion, Messages, ResultCallback, SamplingParams
 from synth.models import resolve_model
 
 
@@ -40,23 +39,12 @@ def folder_fingerprint(folder: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def _forwarding_tqdm(progress: ProgressCallback, samples_per_prompt: int) -> Any:
-    """A silent tqdm class that forwards vLLM's per-request updates to our progress callback.
-
-    vLLM counts finished samples (n per prompt); the callback counts conversations.
-    """
-    from tqdm import tqdm
-
-    class _Forward(tqdm):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["file"] = io.StringIO()
-            super().__init__(*args, **kwargs)
-
-        def update(self, n: float | None = 1) -> bool | None:
-            progress((n or 0) / samples_per_prompt)
-            return super().update(n)
-
-    return _Forward
+def _top_logprobs(samples: Any) -> list[list[dict[str, float]]]:
+    """vLLM's per-token {token_id: Logprob} -> {decoded token: logprob}, per sample."""
+    return [
+        [{lp.decoded_token: lp.logprob for lp in step.values()} for step in (sample.logprobs or [])]
+        for sample in samples
+    ]
 
 
 class VLLMBackend:
@@ -97,31 +85,49 @@ class VLLMBackend:
             stop=list(params.stop) or None,
             seed=None if self.cpu else params.seed,
             structured_outputs=structured,
+            logprobs=params.logprobs,
         )
 
     def generate(
         self,
         conversations: Sequence[Messages],
         params: SamplingParams,
-        progress: ProgressCallback | None = None,
+        on_result: ResultCallback | None = None,
     ) -> list[Completion]:
+        """Queue `batch_size` conversations at a time and step the engine ourselves.
+
+        Same engine path as `LLM.chat`, but each request is reported the moment it finishes, so
+        callers can commit it (cache, progress) and a crash loses only requests still in flight.
+        """
         sampling = self._sampling(params)
-        results: list[Completion] = []
+        results: list[Completion | None] = [None] * len(conversations)
+        engine = self.llm.llm_engine
         size = self.spec.batch_size
         for start in range(0, len(conversations), size):
             batch = list(conversations[start : start + size])
-            bar = _forwarding_tqdm(progress, params.n) if progress else False
-            outputs = self.llm.chat(batch, sampling, use_tqdm=bar)
-            for out in outputs:
-                results.append(
-                    Completion(
+            request_ids = self.llm.enqueue_chat(batch, sampling, use_tqdm=False)
+            index: dict[str, int] = {}
+            for offset, rid in enumerate(request_ids):
+                index[rid] = index[rid.rsplit("-", 1)[0]] = start + offset  # outputs carry the id without suffix
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if not out.finished:
+                        continue
+                    completion = Completion(
                         texts=[c.text for c in out.outputs],
                         finish_reasons=[str(c.finish_reason) for c in out.outputs],
                         prompt_tokens=len(out.prompt_token_ids or []),
                         completion_tokens=sum(len(c.token_ids) for c in out.outputs),
+                        logprobs=_top_logprobs(out.outputs) if params.logprobs else None,
                     )
-                )
-        return results
+                    i = index[out.request_id]
+                    results[i] = completion
+                    if on_result:
+                        on_result(i, completion)
+        missing = [i for i, c in enumerate(results) if c is None]
+        if missing:
+            raise RuntimeError(f"vLLM returned no output for {len(missing)} requests")
+        return results  # type: ignore[return-value]
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

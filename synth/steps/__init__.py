@@ -54,6 +54,7 @@ class StepResult:
     rows: list[Row]
     dropped: list[Row] = field(default_factory=list)
     requests: int = 0
+    retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     stats: dict[str, Any] = field(default_factory=dict)

@@ -78,12 +78,16 @@ class GenerateStep:
             return result
         backend = ctx.llm()
         with ctx.progress.task(f"{self.name}: generating", len(conversations)) as advance:
-            completions = backend.generate(conversations, self.params, progress=advance)
+            completions = backend.generate(conversations, self.params, on_result=lambda i, c: advance(1))
         template_hash = ctx.prompts.fingerprint(spec.template)
         for (row, combo), completion in zip(jobs, completions, strict=True):
             result.requests += 1
             result.prompt_tokens += completion.prompt_tokens
             result.completion_tokens += completion.completion_tokens
+            result.retries += completion.retries
+            if completion.error is not None:
+                result.dropped.append(drop(self.name, "request_failed", row, detail=completion.error))
+                continue
             for sample, raw in enumerate(completion.texts):
                 try:
                     values = parse_reply(
