@@ -22,8 +22,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (CI logs, files) gets a wide fixed width instead of rich's 80-column default.
+console = Console(width=None if Console().is_terminal else 140)
+err_console = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 140)
 
 RecipeArg = Annotated[Path, typer.Argument(help="Path to the recipe YAML file.")]
 SetOpt = Annotated[
@@ -86,8 +87,11 @@ def generate(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder.")] = None,
     set_: SetOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show engine logs.")] = False,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Neither read nor write the request and embedding caches.")
+    ] = False,
 ) -> None:
-    """Run a recipe end to end and write a training-ready dataset."""
+    """Run a recipe end to end and write a training-ready dataset (re-runs reuse cached replies)."""
     if not verbose:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -99,30 +103,39 @@ def generate(
         _fail(f"{recipe}: invalid recipe\n" + "\n".join(problems))
     progress = RichProgress()
     with progress.bars:
-        result = _checked(lambda: run_recipe(spec, recipe_dir, limit=limit, output_dir=output, progress=progress))
+        result = _checked(
+            lambda: run_recipe(
+                spec, recipe_dir, limit=limit, output_dir=output, progress=progress, use_cache=not no_cache
+            )
+        )
     _print_summary(result)
 
 
 def _checked(fn):  # type: ignore[no-untyped-def]
     """Run fn; user-facing errors (bad input, templates, sources) become one line, not a traceback."""
+    from synth.backends import BackendError
     from synth.io import SourceError
     from synth.prompts import PromptError
 
     try:
         return fn()
-    except (SourceError, PromptError, ValueError, FileNotFoundError) as e:
+    except (SourceError, PromptError, ValueError, FileNotFoundError, BackendError) as e:
         _fail(str(e), code=1)
+    except KeyboardInterrupt:  # Ctrl-C: nothing half-written; replies received so far are in the cache
+        _fail("interrupted: no output written; replies received so far are cached, run again to resume", code=130)
 
 
 def _print_summary(result) -> None:  # type: ignore[no-untyped-def]
     table = Table(title="synth summary")
-    for column in ("step", "rows in", "rows out", "dropped", "requests", "tokens in/out", "seconds"):
+    for column in ("step", "rows in", "rows out", "dropped", "requests", "cached", "tokens in/out", "seconds"):
         table.add_column(column, justify="left" if column in ("step", "dropped") else "right")
     for r in result.reports:
         drops = ", ".join(f"{k}={v}" for k, v in sorted(r.dropped.items())) or "-"
         tokens = f"{r.prompt_tokens}/{r.completion_tokens}" if r.requests else "-"
+        requests = f"{r.requests} ({r.retries} retries)" if r.retries else str(r.requests or "-")
+        cached = str(r.cache_hits) if r.kind == "generate" else "-"
         table.add_row(
-            r.name, str(r.rows_in), str(r.rows_out), drops, str(r.requests or "-"), tokens, f"{r.seconds:.1f}"
+            r.name, str(r.rows_in), str(r.rows_out), drops, requests, cached, tokens, f"{r.seconds:.1f}"
         )
     console.print(table)
     console.print(
@@ -174,6 +187,54 @@ def models() -> None:
         console.print(f"  {alias_location(alias.name)}", highlight=False, soft_wrap=True)
     console.print("Any other name is a local folder or a Hugging Face hub id.")
 
+
+cache_app = typer.Typer(help="Inspect or clear the request and embedding caches.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("stats")
+def cache_stats() -> None:
+    """Where the caches are, how many replies and vectors they hold, and their size."""
+    from synth.cache import default_cache_dir, open_caches
+
+    requests, embeddings = open_caches(default_cache_dir())
+    for name, stats in (("requests", requests.stats()), ("embeddings", embeddings.stats())):
+        details = ", ".join(f"{k}={v}" for k, v in stats.items() if k != "path")
+        console.print(f"[bold]{name}[/]: {stats['path']} ({details})", highlight=False)
+
+
+@cache_app.command("clear")
+def cache_clear(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete every cached reply and embedding."""
+    from synth.cache import default_cache_dir, open_caches
+
+    folder = default_cache_dir()
+    if not yes and not typer.confirm(f"delete all cached replies and embeddings in {folder}?"):
+        raise typer.Exit(1)
+    requests, embeddings = open_caches(folder)
+    console.print(f"removed {requests.clear()} replies and {embeddings.clear()} embeddings from {folder}")
+
+
+@app.command()
+def inspect(
+    output: Annotated[Path, typer.Argument(help="An output folder written by `synth generate`.")],
+    report: Annotated[bool, typer.Option("--report", help="Also (re)write report.md, report.html and plots/.")] = False,
+    examples: Annotated[int, typer.Option(help="How many training rows to print.")] = 3,
+) -> None:
+    """Print an output's summary: rows per step, drops by rule, lengths and scores, examples."""
+    from synth.inspect import inspect_output
+    from synth.report_md import write_report
+
+    if report:
+        _checked(lambda: write_report(output))
+    _checked(lambda: inspect_output(output, console, examples))
+
+
+from synth.mine_cli import mine_command  # noqa: E402  (typer only; heavy imports stay inside)
+
+app.command("mine")(mine_command)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -1,42 +1,44 @@
 """Hard-negative mining core: pure numpy, no model code, so it can be tested on literal scores.
 
-Semantics, per query (one row):
+Semantics, per query (one row), default (``st_compatible=False``):
 
 1. Candidates are every corpus document, sorted by score descending; ties go to the lower
    corpus index first, so results never depend on sort internals or chunking.
-2. Excluded indices (the row's own positive(s), by id and by exact text) are removed.
+2. Excluded indices (every positive of the query, by id and by exact text) are removed.
 3. The rank window ``[range_min, range_max)`` is applied to what is left: ranks are counted
-   after exclusion, before any score filter.
-4. Filters drop candidates: ``score > max_score``, ``score < min_score``,
-   ``score > pos - absolute_margin``, ``score > pos - |pos| * relative_margin``.
-5. Sampling: ``top`` keeps the first ``num_negatives`` survivors; ``random`` draws
+   after exclusion, before any score filter. ``range_max=None`` is the whole corpus.
+4. (Callers may now drop guarded candidates and rescore the window; see synth/mine_engine.py.)
+5. Filters drop candidates: ``score > max_score``, ``score < min_score``,
+   ``score > pos - absolute_margin``, ``score > pos - |pos| * relative_margin``, where ``pos`` is
+   the *lowest* score among the query's positives. Each filter's removals are counted.
+6. Sampling: ``top`` keeps the first ``num_negatives`` survivors; ``random`` draws
    ``num_negatives`` survivors uniformly without replacement (rng of row i is
    ``np.random.default_rng([seed, i])``) and returns them in score order.
    Fewer survivors than ``num_negatives`` returns what is there; the caller decides drops.
 
-Compared with sentence-transformers ``util.mine_hard_negatives``:
+``st_compatible=True`` reproduces sentence-transformers ``util.mine_hard_negatives``:
+the pool is the top ``range_max + max_positives`` candidates *before* exclusion; exclusion and
+filters remove from it; then survivors ``[range_min, range_max)`` are kept (ST skips the best
+``range_min`` *survivors*), and ``range_max=None`` becomes ST's default
+``range_min + num_negatives * (10 if a margin/max_score is set else 1) + max_positives``.
 
-- Same: absolute margin (drop ``score > pos - m``); relative margin for ``pos >= 0`` (drop
-  ``score > pos * (1 - r)``); min/max score; min over several positives; top/random sampling
-  returned in score order.
-- Different: ST's relative margin is ``pos * (1 - r)``, which *loosens* the bound when ``pos < 0``;
-  ours uses ``pos - |pos| * r`` so the margin always pushes negatives below the positive.
-- Different: ST filters first and then slices ``range_min``, so it skips the top ``range_min``
-  *surviving* candidates, and its ``range_max`` pool is taken before positives are masked (with a
-  ``max_positives`` slack). Here the window is fixed ranks after exclusion, before filters, so
-  ``range_min`` means the same thing whatever filters are on.
-- Different: ST's ``range_max=None`` becomes a small default; ours means the whole corpus.
-  ST's random sampling uses the global ``random`` state and may return filtered slots; ours is
-  seeded per row and only draws survivors. Ties are ordered explicitly here.
+Same in both modes (and in ST >= 5 since its #3819): absolute margin, sign-safe relative margin
+``pos - |pos| * r``, min/max score, minimum over several positives, results in score order.
+Different from ST in both modes: ST's random sampling uses the global ``random`` state and may
+return filtered slots; ours is seeded per row and only draws survivors. Ties are ordered here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+
+from synth.vector_store import Vectors, top_k
+
+FILTERS = ("max_score", "min_score", "absolute_margin", "relative_margin")
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,11 @@ class MiningParams:
     relative_margin: float | None = None
     sampling: Literal["top", "random"] = "top"
     seed: int = 0
-    chunk_size: int = 1024
+    chunk_size: int = 1024  # queries scored at once
+    corpus_chunk: int = 8192  # corpus rows scored at once
+    st_compatible: bool = False
+    search: Literal["exact", "faiss"] = "exact"  # faiss: approximate candidates, exact scores
+    nprobe: int = 16  # faiss IVF clusters visited per query
 
     def __post_init__(self) -> None:
         if self.num_negatives < 1:
@@ -77,6 +83,31 @@ class MiningParams:
             raise ValueError(f"seed must be >= 0 (numpy SeedSequence), got {self.seed}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if self.search not in ("exact", "faiss"):
+            raise ValueError(f"search must be 'exact' or 'faiss', got {self.search!r}")
+        if self.nprobe < 1:
+            raise ValueError(f"nprobe must be >= 1, got {self.nprobe}")
+        if self.corpus_chunk < 1:
+            raise ValueError(f"corpus_chunk must be >= 1, got {self.corpus_chunk}")
+
+    def st_range_max(self, max_positives: int, rescoring: bool = False) -> int:
+        """sentence-transformers' range_max when none is given (its filters need a deeper pool)."""
+        if self.range_max is not None:
+            return self.range_max
+        deep = (
+            self.absolute_margin is not None
+            or self.relative_margin is not None
+            or self.max_score is not None
+            or (rescoring and self.min_score is not None)
+        )
+        return self.range_min + self.num_negatives * (10 if deep else 1) + max_positives
+
+    def pool_size(self, corpus_size: int, n_exclude: int, max_positives: int = 1) -> int:
+        """How many top candidates a row needs from the search so every rule sees what it must."""
+        if self.st_compatible:
+            return min(corpus_size, self.st_range_max(max_positives) + max_positives)
+        window = self.range_max if self.range_max is not None else corpus_size
+        return min(corpus_size, window + n_exclude)
 
 
 @dataclass
@@ -85,7 +116,8 @@ class MinedRow:
 
     negatives: list[int]  # corpus indices, ordered by score descending
     scores: list[float]  # their scores, same order
-    positive_score: float  # score of the row's positive (callers with several pass the min)
+    positive_score: float  # score of the row's positive (several positives: the lowest)
+    removed: dict[str, int] = field(default_factory=dict, compare=False)  # candidates each rule removed
 
 
 def _sorted_order(idx: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -93,33 +125,54 @@ def _sorted_order(idx: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.lexsort((idx, -scores))
 
 
-def _select_sorted(
+def window(
+    idx: np.ndarray, scores: np.ndarray, exclude: set[int], params: MiningParams, max_positives: int = 1
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Steps 2-3 on candidates in final sort order: (idx, scores, how many exclusion removed)."""
+    if params.st_compatible:
+        pool = params.st_range_max(max_positives) + max_positives
+        idx, scores = idx[:pool], scores[:pool]
+    keep = idx >= 0  # -1 pads a short corpus
+    if exclude:
+        keep &= ~np.isin(idx, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))
+    removed = int(len(idx) - keep.sum())
+    idx, scores = idx[keep], scores[keep]
+    if not params.st_compatible:
+        idx, scores = idx[params.range_min : params.range_max], scores[params.range_min : params.range_max]
+    return idx, scores, removed
+
+
+def finish(
     idx: np.ndarray,
     scores: np.ndarray,
     positive_score: float,
-    exclude: set[int],
     params: MiningParams,
     rng: np.random.Generator,
-) -> tuple[list[int], list[float]]:
-    """Steps 2-5 of the module semantics on candidates already in final sort order."""
-    if exclude:
-        excluded = np.fromiter(exclude, dtype=np.int64, count=len(exclude))
-        keep = ~np.isin(idx, excluded)
-        idx, scores = idx[keep], scores[keep]
-    idx = idx[params.range_min : params.range_max]
+    removed: dict[str, int] | None = None,
+    max_positives: int = 1,
+) -> MinedRow:
+    """Steps 5-6 on a window in final sort order; counts what each filter removed into `removed`."""
+    removed = dict(removed or {})
     # float64 so thresholds are not rounded to float32 before comparing.
-    scores = scores[params.range_min : params.range_max].astype(np.float64)
-
-    mask = np.ones(len(scores), dtype=bool)
+    scores = np.asarray(scores).astype(np.float64)
+    bounds: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
     if params.max_score is not None:
-        mask &= scores <= params.max_score
+        bounds["max_score"] = lambda s: s <= params.max_score
     if params.min_score is not None:
-        mask &= scores >= params.min_score
+        bounds["min_score"] = lambda s: s >= params.min_score
     if params.absolute_margin is not None:
-        mask &= scores <= positive_score - params.absolute_margin
+        bounds["absolute_margin"] = lambda s: s <= positive_score - params.absolute_margin
     if params.relative_margin is not None:
-        mask &= scores <= positive_score - abs(positive_score) * params.relative_margin
+        bounds["relative_margin"] = lambda s: s <= positive_score - abs(positive_score) * params.relative_margin
+    mask = np.ones(len(scores), dtype=bool)
+    for name, keep in bounds.items():
+        new = mask & keep(scores)
+        removed[name] = removed.get(name, 0) + int(mask.sum() - new.sum())
+        mask = new
     idx, scores = idx[mask], scores[mask]
+    if params.st_compatible:
+        stop = params.st_range_max(max_positives)
+        idx, scores = idx[params.range_min : stop], scores[params.range_min : stop]
 
     n = params.num_negatives
     if params.sampling == "top" or len(idx) <= n:
@@ -128,7 +181,12 @@ def _select_sorted(
         # Sorting the drawn positions keeps the score-descending order of the survivors.
         picked = np.sort(rng.choice(len(idx), size=n, replace=False))
         idx, scores = idx[picked], scores[picked]
-    return [int(i) for i in idx], [float(s) for s in scores]
+    return MinedRow([int(i) for i in idx], [float(s) for s in scores], float(positive_score), removed)
+
+
+def row_rng(params: MiningParams, i: int) -> np.random.Generator:
+    """Row i's generator: independent of batching, so chunk sizes never change a result."""
+    return np.random.default_rng([params.seed, i])
 
 
 def select_negatives(
@@ -148,65 +206,85 @@ def select_negatives(
         raise ValueError(f"scores must be 1-D, got shape {scores.shape}")
     idx = np.arange(len(scores))
     order = _sorted_order(idx, scores)
-    return _select_sorted(idx[order], scores[order], positive_score, exclude, params, rng)
+    w_idx, w_scores, _ = window(idx[order], scores[order], exclude, params)
+    row = finish(w_idx, w_scores, positive_score, params, rng)
+    return row.negatives, row.scores
 
 
-def _top_k(row: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k best (index, score) of one row in final sort order, without sorting the whole row.
+def search_windows(
+    query_emb: np.ndarray,
+    corpus: Vectors,
+    exclude: Sequence[set[int]],
+    params: MiningParams,
+    max_positives: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Steps 1-3 for every query: per row (window idx, window scores, excluded count).
 
-    Everything tied with the k-th best score is kept before truncating, so which of several
-    equal scores makes the cut is decided by corpus index, never by argpartition internals.
+    Only the top K candidates of each row are searched for, K = MiningParams.pool_size, which is
+    enough because at most len(exclude[i]) of them can be removed before the window.
     """
-    m = len(row)
-    if k < m:
-        kth = row[np.argpartition(row, m - k)[m - k]]  # value of the k-th largest score
-        idx = np.flatnonzero(row >= kth)
-    else:
-        idx = np.arange(m)
-    idx = idx[_sorted_order(idx, row[idx])][:k]
-    return idx, row[idx]
+    m = len(corpus)
+    k = max((params.pool_size(m, len(e), max_positives) for e in exclude), default=0)
+    # Keep the merged (query chunk x K) lists within ~32M entries when K is the whole corpus.
+    query_chunk = max(1, min(params.chunk_size, (32 << 20) // max(k, 1)))
+    idx, scores = top_k(
+        query_emb, corpus, k, query_chunk=query_chunk, corpus_chunk=params.corpus_chunk, progress=progress
+    )
+    return [window(idx[i], scores[i], exclude[i], params, max_positives) for i in range(len(query_emb))]
 
 
 def mine(
     query_emb: np.ndarray,
-    corpus_emb: np.ndarray,
+    corpus_emb: Vectors,
     positive_emb: np.ndarray,
     exclude: Sequence[set[int]],
     params: MiningParams,
 ) -> list[MinedRow]:
-    """All queries. Embeddings are L2-normalised float32, so score = dot product (cosine).
+    """All queries, one positive each. Embeddings are L2-normalised float32, so score = dot product.
 
     positive_emb[i] embeds row i's positive; positive_score = dot(query_emb[i], positive_emb[i]).
-    exclude[i] holds corpus indices that must never be a negative for row i (computed by the
-    caller). Scores are computed `chunk_size` queries at a time to bound memory; per query only
-    the top K = (range_max or len(corpus)) + len(exclude[i]) candidates are sorted, which is
-    enough because at most len(exclude[i]) of them can be removed before the window.
+    exclude[i] holds corpus indices that must never be a negative for row i. For several
+    positives per query, use `mine_with_scores` with the lowest positive score per row.
     """
-    if query_emb.ndim != 2 or corpus_emb.ndim != 2 or positive_emb.ndim != 2:
+    if query_emb.ndim != 2 or positive_emb.ndim != 2:
+        raise ValueError("query_emb, corpus_emb and positive_emb must be 2-D arrays")
+    if isinstance(corpus_emb, np.ndarray) and corpus_emb.ndim != 2:
         raise ValueError("query_emb, corpus_emb and positive_emb must be 2-D arrays")
     n, dim = query_emb.shape
     if positive_emb.shape != (n, dim):
         raise ValueError(f"positive_emb shape {positive_emb.shape} != query_emb shape {(n, dim)}")
-    if corpus_emb.shape[1] != dim:
-        raise ValueError(f"corpus_emb dim {corpus_emb.shape[1]} != query_emb dim {dim}")
+    positive_scores = np.einsum("ij,ij->i", query_emb, positive_emb)
+    return mine_with_scores(query_emb, corpus_emb, positive_scores, exclude, params)
+
+
+def mine_with_scores(
+    query_emb: np.ndarray,
+    corpus_emb: Vectors,
+    positive_scores: np.ndarray,
+    exclude: Sequence[set[int]],
+    params: MiningParams,
+    max_positives: int = 1,
+) -> list[MinedRow]:
+    """All queries with their (lowest) positive score given directly."""
+    n, dim = query_emb.shape
+    corpus_dim = corpus_emb.shape[1]
+    if len(corpus_emb) and corpus_dim != dim:
+        raise ValueError(f"corpus_emb dim {corpus_dim} != query_emb dim {dim}")
     if len(exclude) != n:
         raise ValueError(f"len(exclude) = {len(exclude)} != number of queries {n}")
-
-    m = corpus_emb.shape[0]
-    window = params.range_max if params.range_max is not None else m
-    positive_scores = np.einsum("ij,ij->i", query_emb, positive_emb)
-    unused_rng = np.random.default_rng(params.seed)  # "top" never draws
-    rows: list[MinedRow] = []
-    for start in range(0, n, params.chunk_size):
-        chunk = query_emb[start : start + params.chunk_size] @ corpus_emb.T
-        for offset, row in enumerate(chunk):
-            i = start + offset
-            k = min(m, window + len(exclude[i]))
-            idx, scores = _top_k(row, k)
-            rng = unused_rng
-            if params.sampling == "random":  # per-row seed: independent of chunk_size
-                rng = np.random.default_rng([params.seed, i])
-            pos = float(positive_scores[i])
-            negatives, neg_scores = _select_sorted(idx, scores, pos, exclude[i], params, rng)
-            rows.append(MinedRow(negatives=negatives, scores=neg_scores, positive_score=pos))
+    windows = search_windows(query_emb, corpus_emb, exclude, params, max_positives)
+    rows = []
+    for i, (idx, scores, excluded) in enumerate(windows):
+        removed = {"positive": excluded}
+        rows.append(finish(idx, scores, float(positive_scores[i]), params, row_rng(params, i), removed, max_positives))
     return rows
+
+
+def removal_totals(rows: Sequence[MinedRow]) -> dict[str, int]:
+    """Sum of each rule's removed-candidate counts over rows (for reports and the card)."""
+    totals: dict[str, int] = {}
+    for r in rows:
+        for name, count in r.removed.items():
+            totals[name] = totals.get(name, 0) + count
+    return totals

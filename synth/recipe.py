@@ -6,6 +6,7 @@ loads, with the field path, instead of being silently ignored after an hour of g
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from synth.filter_spec import FilterSpec
 from synth.models import DEFAULT_EMBEDDER, DEFAULT_LLM
 
 
@@ -51,14 +53,49 @@ class SamplingSpec(Strict):
     seed: int = 0
 
 
+API_ONLY_FIELDS = (
+    "base_url",
+    "api_key_env",
+    "max_concurrency",
+    "requests_per_minute",
+    "tokens_per_minute",
+    "timeout",
+    "max_retries",
+)
+
+
 class LLMSpec(Strict):
-    backend: Literal["vllm"] = "vllm"
-    model: str = DEFAULT_LLM
+    backend: Literal["vllm", "openai"] = "vllm"
+    model: str = DEFAULT_LLM  # backend openai: the server's model name
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_model_len: int = Field(default=2048, ge=128)
     batch_size: int = Field(default=512, ge=1)
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    # backend openai (any OpenAI-compatible server); see synth/backends/openai.py
+    base_url: str | None = None  # default https://api.openai.com/v1
+    api_key_env: str | None = None  # NAME of the env var holding the key (default OPENAI_API_KEY)
+    max_concurrency: int = Field(default=32, ge=1)
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    tokens_per_minute: float | None = Field(default=None, gt=0)
+    timeout: float = Field(default=120.0, gt=0)  # seconds per request
+    max_retries: int = Field(default=6, ge=0)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        # Never echo the value: a pasted key must not end up in an error message.
+        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise ValueError("must be the NAME of an environment variable holding the key, not the key")
+        return v
+
+    @model_validator(mode="after")
+    def _api_fields(self) -> LLMSpec:
+        if self.backend != "openai":
+            misplaced = [f for f in API_ONLY_FIELDS if f in self.model_fields_set]
+            if misplaced:
+                raise ValueError(f"{', '.join(misplaced)}: only used with backend: openai")
+        return self
 
 
 class EmbedderSpec(Strict):
@@ -142,6 +179,22 @@ class MineSpec(Strict):
     sampling: Literal["top", "random"] = "top"
     seed: int = 0
     chunk_size: int = Field(default=1024, ge=1)
+    st_compatible: bool = False  # sentence-transformers' window semantics (see synth/mining.py)
+    # False-negative guards, rescoring, teachers and extra formats (synth/mine_engine.py).
+    near_duplicate_ratio: float | None = Field(default=None, gt=0, le=100)  # rapidfuzz ratio to a positive
+    near_duplicate_cosine: float | None = Field(default=None, gt=-1, le=1)  # embedding cosine to a positive
+    rescore: Literal["cross_encoder", "llm"] | None = None  # whose scores drive the margins
+    cross_encoder: str | None = None  # CrossEncoder model (alias, folder or hub id)
+    judge_template: str = "judge_relevance.j2"  # LLM judge prompt; variables: query, text
+    teachers: list[Literal["cross_encoder", "llm"]] = []  # extra soft-label teachers
+    fuse: Literal["mean", "rrf"] | None = None  # fuse every teacher into an "ensemble" score
+    formats: list[
+        Literal["triplet", "n-tuple", "labeled-pair", "labeled-list", "flagembedding", "marginmse", "beir"]
+    ] = []  # extra files in <output>/<step name>/
+    output_scores: bool = False  # scores in the sentence-transformers formats
+    teacher: str | None = None  # whose scores the formats export (default: those that drove margins)
+    search: Literal["exact", "faiss"] = "exact"  # faiss: approximate candidates, exact scores (synth[faiss])
+    nprobe: int = Field(default=16, ge=1)  # faiss IVF clusters visited per query
 
     @field_validator("relative_margin")
     @classmethod
@@ -166,6 +219,10 @@ class MineSpec(Strict):
                 raise ValueError("min_score must be <= max_score")
         if self.min_negatives is not None and self.min_negatives > self.num_negatives:
             raise ValueError("min_negatives must be <= num_negatives")
+        if "cross_encoder" in [self.rescore, *self.teachers] and not self.cross_encoder:
+            raise ValueError("rescore/teachers use cross_encoder: set cross_encoder to a model")
+        if self.rescore is not None and self.rescore in self.teachers:
+            raise ValueError(f"{self.rescore!r} is already the rescorer; do not list it in teachers too")
         return self
 
 
@@ -177,6 +234,10 @@ class MineStep(Strict):
     mine_negatives: MineSpec
 
 
+class FilterStep(Strict):
+    filter: FilterSpec
+
+
 def _step_kind(value: Any) -> str | None:
     if isinstance(value, dict) and len(value) == 1:
         return next(iter(value))
@@ -186,20 +247,23 @@ def _step_kind(value: Any) -> str | None:
 
 
 Step = Annotated[
-    Annotated[GenerateStep, Tag("generate")] | Annotated[MineStep, Tag("mine_negatives")],
+    Annotated[GenerateStep, Tag("generate")]
+    | Annotated[MineStep, Tag("mine_negatives")]
+    | Annotated[FilterStep, Tag("filter")],
     Discriminator(
         _step_kind,
         custom_error_type="step_kind",
-        custom_error_message="a step is one key: `generate` or `mine_negatives`",
+        custom_error_message="a step is one key: `generate`, `mine_negatives` or `filter`",
     ),
 ]
 
 
 class ColumnsSpec(Strict):
-    """Which row columns become the sentence-transformers anchor/positive."""
+    """Which row columns become the sentence-transformers anchor/positive/negatives."""
 
     anchor: str = "query"
     positive: str = "text"
+    negatives: list[str] = Field(default_factory=list)  # e.g. an LLM-written negative; placed before mined ones
 
 
 class OutputSpec(Strict):
@@ -228,7 +292,9 @@ class Recipe(Strict):
         return self
 
 
-def step_spec(step: GenerateStep | MineStep) -> GenerateSpec | MineSpec:
+def step_spec(step: GenerateStep | MineStep | FilterStep) -> GenerateSpec | MineSpec | FilterSpec:
+    if isinstance(step, FilterStep):
+        return step.filter
     return step.generate if isinstance(step, GenerateStep) else step.mine_negatives
 
 

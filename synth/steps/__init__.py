@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from synth.backends import LLMBackend
+from synth.cache import RequestCache
 from synth.embedders import Embedder
 from synth.prompts import PromptLibrary
 
@@ -47,6 +48,8 @@ class StepContext:
     llm: Callable[[], LLMBackend]
     embedder: Callable[[], Embedder]
     progress: Progress = field(default_factory=SilentProgress)
+    cache: RequestCache | None = None
+    llm_identity: tuple[str, str] = ("", "")  # (backend kind, model id) for cache keys, known before loading
 
 
 @dataclass
@@ -55,6 +58,7 @@ class StepResult:
     dropped: list[Row] = field(default_factory=list)
     requests: int = 0
     retries: int = 0
+    cache_hits: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     stats: dict[str, Any] = field(default_factory=dict)

@@ -11,7 +11,9 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from synth.backends import SamplingParams
+from synth.backends import Completion, Messages, SamplingParams
+from synth.cache import request_key
+from synth.faults import crash_point
 from synth.parsers import ParseError, parse_reply
 from synth.recipe import GenerateSpec, SamplingSpec
 from synth.steps import Row, StepContext, StepResult, drop, stable_hash
@@ -64,6 +66,37 @@ class GenerateStep:
             raise ParseError("missing_keys", ", ".join(missing))
         return {k: value[k] for k in output}
 
+    def _complete(self, conversations: list[Messages], ctx: StepContext, result: StepResult) -> list[Completion]:
+        """Replies for every conversation: cached ones from the cache, the rest from the LLM.
+
+        Each fresh reply is committed to the cache the moment the backend reports it, so a run
+        killed mid-step pays for none of them again. Usage counts only requests really sent.
+        """
+        kind, model_id = ctx.llm_identity
+        keys = [request_key(kind, model_id, c, self.params) for c in conversations]
+        cached = ctx.cache.get_many(keys) if ctx.cache else {}
+        missing = [i for i, k in enumerate(keys) if k not in cached]
+        result.cache_hits = len(conversations) - len(missing)
+        fresh: dict[int, Completion] = {}
+        with ctx.progress.task(f"{self.name}: generating", len(conversations)) as advance:
+            advance(result.cache_hits)
+
+            def arrived(j: int, completion: Completion) -> None:
+                if ctx.cache is not None:
+                    ctx.cache.put(keys[missing[j]], completion, model_id)
+                    crash_point("reply")
+                advance(1)
+
+            if missing:
+                replies = ctx.llm().generate([conversations[i] for i in missing], self.params, on_result=arrived)
+                fresh = dict(zip(missing, replies, strict=True))
+        for completion in fresh.values():
+            result.requests += 1
+            result.retries += completion.retries
+            result.prompt_tokens += completion.prompt_tokens
+            result.completion_tokens += completion.completion_tokens
+        return [fresh[i] if i in fresh else cached[keys[i]] for i in range(len(conversations))]
+
     def __call__(self, rows: Sequence[Row], ctx: StepContext) -> StepResult:
         spec = self.spec
         jobs: list[tuple[Row, dict[str, Any]]] = []
@@ -76,15 +109,15 @@ class GenerateStep:
         result = StepResult(rows=[])
         if not conversations:
             return result
-        backend = ctx.llm()
-        with ctx.progress.task(f"{self.name}: generating", len(conversations)) as advance:
-            completions = backend.generate(conversations, self.params, on_result=lambda i, c: advance(1))
+        completions = self._complete(conversations, ctx, result)
         template_hash = ctx.prompts.fingerprint(spec.template)
+        provenance = {
+            f"{self.name}_template": template_hash,
+            f"{self.name}_model": ctx.llm_identity[1],
+            f"{self.name}_sampling": stable_hash(self.params.__dict__),
+            f"{self.name}_parse": "ok",
+        }
         for (row, combo), completion in zip(jobs, completions, strict=True):
-            result.requests += 1
-            result.prompt_tokens += completion.prompt_tokens
-            result.completion_tokens += completion.completion_tokens
-            result.retries += completion.retries
             if completion.error is not None:
                 result.dropped.append(drop(self.name, "request_failed", row, detail=completion.error))
                 continue
@@ -101,6 +134,6 @@ class GenerateStep:
                     new = {**row, **combo, **columns}
                     new.setdefault("source_id", row.get("id"))
                     new[f"{self.name}_sample"] = sample
-                    new[f"{self.name}_template"] = template_hash
+                    new.update(provenance)
                     result.rows.append(new)
         return result

@@ -1,0 +1,147 @@
+"""Recipe models of the `filter` step: one list of rules, each a mapping with a `rule` key.
+
+Why its own module: the rule specs are many small models; keeping them here keeps recipe.py short.
+Why `rule:` as the discriminator: a recipe reads `- {rule: dedup, column: query}`, and a typo in
+the rule name fails with the list of rule kinds. Defaults are documented on each field and in
+the README; each is chosen to drop obvious junk and keep borderline rows.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Rule(_Strict):
+    name: str | None = None  # recorded as `rule` in drop records; defaults to the rule kind
+
+    @property
+    def label(self) -> str:
+        return self.name or str(getattr(self, "rule"))  # noqa: B009 - every subclass has `rule`
+
+
+class LengthRule(_Rule):
+    """Bounds on characters and tokens (inclusive). Tokens are `\\w+` words unless `tokenizer` names a model."""
+
+    rule: Literal["length"]
+    column: str = "query"
+    min_chars: int | None = Field(default=1, ge=0)
+    max_chars: int | None = Field(default=None, ge=1)
+    min_tokens: int | None = Field(default=None, ge=0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    tokenizer: str = "words"  # or a model alias / folder / hub id with a Hugging Face tokenizer
+
+    @model_validator(mode="after")
+    def _bounds(self) -> LengthRule:
+        for lo, hi in ((self.min_chars, self.max_chars), (self.min_tokens, self.max_tokens)):
+            if lo is not None and hi is not None and lo > hi:
+                raise ValueError("a min bound is above its max bound")
+        return self
+
+
+class RegexRule(_Rule):
+    """Keep a row only if it matches one `include` pattern (when given) and no `exclude` pattern."""
+
+    rule: Literal["regex"]
+    column: str = "query"
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for p in patterns:
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise ValueError(f"bad pattern {p!r}: {e}") from None
+        return patterns
+
+    @model_validator(mode="after")
+    def _some(self) -> RegexRule:
+        if not self.include and not self.exclude:
+            raise ValueError("give `include` and/or `exclude` patterns")
+        return self
+
+
+class ScriptRule(_Rule):
+    """Cheap language check: the share of letters written in the allowed scripts (Unicode names)."""
+
+    rule: Literal["script"]
+    column: str = "query"
+    scripts: list[str] = Field(default_factory=lambda: ["latin"])  # latin, cyrillic, greek, cjk, arabic, ...
+    min_share: float = Field(default=0.9, ge=0, le=1)
+
+
+class DedupRule(_Rule):
+    """Exact (after normalising case, spaces, punctuation) and near duplicates; the first row wins."""
+
+    rule: Literal["dedup"]
+    column: str = "query"
+    threshold: float = Field(default=92.0, gt=0, le=100)  # rapidfuzz ratio; 100 = exact only
+    scope: Literal["all", "source"] = "all"  # "source": only within rows of the same source_id
+    exhaustive_below: int = Field(default=5000, ge=0)  # compare all pairs below this many rows
+    word_guard: bool = True  # near pairs may not swap a content word ('json module' vs 'csv module')
+
+
+class CopyRule(_Rule):
+    """Drop generated text that is mostly a span of its passage (rapidfuzz partial ratio)."""
+
+    rule: Literal["copy"]
+    column: str = "query"
+    source_column: str = "text"
+    threshold: float = Field(default=90.0, gt=0, le=100)  # partial_ratio at or above -> copied
+    max_token_overlap: float | None = Field(default=None, gt=0, le=1)  # share of words found in the passage
+    min_words: int = Field(default=5, ge=1)  # shorter texts (keyword queries) are never called copies
+
+
+class RoundTripRule(_Rule):
+    """Promptagator-style consistency: the query must retrieve its own passage in the top k."""
+
+    rule: Literal["roundtrip"]
+    query_column: str = "query"
+    positive_column: str = "text"
+    id_column: str = "source_id"
+    corpus: Literal["source", "positives"] = "source"  # source documents, or the unique positives
+    top_k: int = Field(default=3, ge=1)
+
+
+class JudgeRule(_Rule):
+    """Ask the recipe's LLM a yes/no question per row; keep rows with P(yes) >= threshold."""
+
+    rule: Literal["judge"]
+    column: str = "query"  # the judged text, recorded as `value` in drop records
+    template: str = "judge_relevance.j2"
+    threshold: float = Field(default=0.5, ge=0, le=1)
+    inputs: dict[str, str] = Field(default_factory=dict)  # template variable -> row column
+    vars: dict[str, Any] = Field(default_factory=dict)
+    yes: list[str] = Field(default_factory=lambda: ["yes"])
+    no: list[str] = Field(default_factory=lambda: ["no"])
+    top_logprobs: int = Field(default=5, ge=1, le=20)
+
+
+Rule = Annotated[
+    LengthRule | RegexRule | ScriptRule | DedupRule | CopyRule | RoundTripRule | JudgeRule,
+    Field(discriminator="rule"),
+]
+
+
+class FilterSpec(_Strict):
+    """Run rules in order; each sees only the rows the previous rules kept."""
+
+    name: str = "filter"
+    rules: list[Rule] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> FilterSpec:
+        labels = [r.label for r in self.rules]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ValueError(f"rules share the name(s) {dup}: give each a distinct `name`")
+        return self

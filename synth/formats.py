@@ -1,0 +1,160 @@
+"""Training-data layouts of a mining result, one function per trainer's format.
+
+sentence-transformers (same rows and column names as its `mine_hard_negatives`):
+  triplet       (anchor, positive, negative[, scores=[pos, neg]]), one row per positive x negative
+  n-tuple       (anchor, positive, negative_1..n[, scores=[pos, n1..]]), rows with all n negatives
+  labeled-pair  (anchor, positive=document, label 1/0 | score), positives then negatives
+  labeled-list  (anchor, positive=[pos, negs...], labels=[1, 0...] | scores=[...])
+FlagEmbedding:  {query, pos: [...], neg: [...], pos_scores, neg_scores, prompt}, one line per query
+MarginMSE:      {query, positive, negative, label = score(pos) - score(neg)} (GPL-style)
+BEIR folder:    corpus.jsonl, queries.jsonl, qrels/train.tsv (positives, score 1)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from synth.mine_engine import MinedQuery, MiningResult
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FormatOptions:
+    anchor: str = "anchor"
+    positive: str = "positive"
+    output_scores: bool = False
+    num_negatives: int = 3
+    teacher: str | None = None  # whose scores to export; None = the scores that drove the margins
+    prompt: str = ""  # FlagEmbedding's query instruction
+
+
+def _scores(m: MinedQuery, teacher: str | None) -> tuple[list[float], list[float]]:
+    if teacher is None:
+        return m.positive_scores, m.negative_scores
+    values = m.teachers[teacher]
+    return values[: len(m.positives)], values[len(m.positives) :]
+
+
+def _pairs(result: MiningResult, opts: FormatOptions) -> Iterator[tuple[MinedQuery, str, list[float], list[float]]]:
+    for m in result.mined:
+        pos, neg = _scores(m, opts.teacher)
+        yield m, result.queries[m.query], pos, neg
+
+
+def triplet(result: MiningResult, opts: FormatOptions) -> list[Row]:
+    rows = []
+    for m, q, pos, neg in _pairs(result, opts):
+        for p, ps in zip(m.positives, pos, strict=True):
+            for n, ns in zip(m.negatives, neg, strict=True):
+                row = {opts.anchor: q, opts.positive: result.corpus[p], "negative": result.corpus[n]}
+                if opts.output_scores:
+                    row["scores"] = [ps, ns]
+                rows.append(row)
+    return rows
+
+
+def n_tuple(result: MiningResult, opts: FormatOptions) -> list[Row]:
+    rows = []
+    for m, q, pos, neg in _pairs(result, opts):
+        if len(m.negatives) < opts.num_negatives:
+            continue
+        for p, ps in zip(m.positives, pos, strict=True):
+            row = {opts.anchor: q, opts.positive: result.corpus[p]}
+            row.update({f"negative_{j}": result.corpus[n] for j, n in enumerate(m.negatives, start=1)})
+            if opts.output_scores:
+                row["scores"] = [ps, *neg]
+            rows.append(row)
+    return rows
+
+
+def labeled_pair(result: MiningResult, opts: FormatOptions) -> list[Row]:
+    rows = []
+    key = "score" if opts.output_scores else "label"
+    for m, q, pos, neg in _pairs(result, opts):
+        for d, s, label in [(p, ps, 1) for p, ps in zip(m.positives, pos, strict=True)] + [
+            (n, ns, 0) for n, ns in zip(m.negatives, neg, strict=True)
+        ]:
+            rows.append({opts.anchor: q, opts.positive: result.corpus[d], key: s if opts.output_scores else label})
+    return rows
+
+
+def labeled_list(result: MiningResult, opts: FormatOptions) -> list[Row]:
+    rows = []
+    for m, q, pos, neg in _pairs(result, opts):
+        if not m.negatives:
+            continue
+        for p, ps in zip(m.positives, pos, strict=True):
+            docs = [result.corpus[p]] + [result.corpus[n] for n in m.negatives]
+            row: Row = {opts.anchor: q, opts.positive: docs}
+            if opts.output_scores:
+                row["scores"] = [ps, *neg]
+            else:
+                row["labels"] = [1] + [0] * len(m.negatives)
+            rows.append(row)
+    return rows
+
+
+def flag_embedding(result: MiningResult, opts: FormatOptions) -> list[Row]:
+    return [
+        {
+            "query": q,
+            "pos": [result.corpus[p] for p in m.positives],
+            "neg": [result.corpus[n] for n in m.negatives],
+            "pos_scores": pos,
+            "neg_scores": neg,
+            "prompt": opts.prompt,
+        }
+        for m, q, pos, neg in _pairs(result, opts)
+        if m.negatives
+    ]
+
+
+def margin_mse(result: MiningResult, opts: FormatOptions) -> list[Row]:
+    return [
+        {"query": q, "positive": result.corpus[p], "negative": result.corpus[n], "label": ps - ns}
+        for m, q, pos, neg in _pairs(result, opts)
+        for p, ps in zip(m.positives, pos, strict=True)
+        for n, ns in zip(m.negatives, neg, strict=True)
+    ]
+
+
+ROW_FORMATS: dict[str, Callable[[MiningResult, FormatOptions], list[Row]]] = {
+    "triplet": triplet,
+    "n-tuple": n_tuple,
+    "labeled-pair": labeled_pair,
+    "labeled-list": labeled_list,
+    "flagembedding": flag_embedding,
+    "marginmse": margin_mse,
+}
+FORMATS = (*ROW_FORMATS, "beir")
+
+
+def write_beir(result: MiningResult, folder: str | Path) -> Path:
+    """BEIR layout: every corpus text (ids d0..), queries with a positive (q0..), train qrels."""
+    folder = Path(folder)
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    with (folder / "corpus.jsonl").open("w", encoding="utf-8") as f:
+        for i, text in enumerate(result.corpus):
+            f.write(json.dumps({"_id": f"d{i}", "title": "", "text": text}, ensure_ascii=False) + "\n")
+    with (folder / "queries.jsonl").open("w", encoding="utf-8") as f:
+        for m in result.mined:
+            f.write(json.dumps({"_id": f"q{m.query}", "text": result.queries[m.query]}, ensure_ascii=False) + "\n")
+    with (folder / "qrels" / "train.tsv").open("w", encoding="utf-8") as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        for m in result.mined:
+            for p in m.positives:
+                f.write(f"q{m.query}\td{p}\t1\n")
+    return folder
+
+
+def write_jsonl(path: str | Path, rows: list[Row]) -> Path:
+    path = Path(path)
+    with path.open("w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return path

@@ -1,0 +1,118 @@
+"""PNG plots for the run report (matplotlib, headless Agg backend).
+
+Each function draws one figure from plain lists and writes it to `path`; the caller decides
+whether there is anything to plot, so no function ever writes an empty or misleading chart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():  # type: ignore[no-untyped-def]
+    """pyplot on the Agg backend (no display needed); imported lazily to keep the CLI fast."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _plt().close(fig)
+    return path
+
+
+def rows_per_step(names: Sequence[str], rows_in: Sequence[int], rows_out: Sequence[int], path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(names) + 2), 3.5))
+    x = np.arange(len(names))
+    ax.bar(x - 0.2, rows_in, 0.4, label="rows in", color="#9ecae1")
+    ax.bar(x + 0.2, rows_out, 0.4, label="rows out", color="#3182bd")
+    for xi, v in zip(x, rows_out, strict=True):
+        ax.text(xi + 0.2, v, str(v), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, names, rotation=20, ha="right")
+    ax.set_ylabel("rows")
+    ax.set_title("Rows in and out per step")
+    ax.legend()
+    return _save(fig, path)
+
+
+def drops_by_rule(labels: Sequence[str], counts: Sequence[int], path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.35 * len(labels) + 1.2)))
+    y = np.arange(len(labels))
+    ax.barh(y, counts, color="#e6550d")
+    for yi, v in zip(y, counts, strict=True):
+        ax.text(v, yi, f" {v}", va="center", fontsize=8)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("rows dropped")
+    ax.set_title("Drops by step / rule: reason")
+    return _save(fig, path)
+
+
+def length_histograms(series: dict[str, Sequence[int]], path: Path) -> Path:
+    """Overlaid histograms on log-spaced bins: queries (~50 chars) and passages (~1k) on one axis."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    top = max(max(v) for v in series.values() if len(v))
+    bins = np.logspace(0, np.log10(max(top, 10) + 1), 40)
+    for (label, values), color in zip(series.items(), ("#3182bd", "#e6550d", "#31a354", "#756bb1"), strict=False):
+        ax.hist(np.maximum(values, 1), bins=bins, alpha=0.6, label=f"{label} (n={len(values)})", color=color)
+    ax.set_xscale("log")
+    ax.set_xlabel("characters (log scale)")
+    ax.set_ylabel("rows")
+    ax.set_title("Length distribution: source vs generated")
+    ax.legend()
+    return _save(fig, path)
+
+
+def score_histograms(positive: Sequence[float], negative: Sequence[float], path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    values = list(positive) + list(negative)
+    bins = np.linspace(min(values), max(values), 40)
+    ax.hist(negative, bins=bins, alpha=0.6, label=f"negatives (n={len(negative)})", color="#e6550d")
+    ax.hist(positive, bins=bins, alpha=0.6, label=f"positives (n={len(positive)})", color="#3182bd")
+    ax.set_xlabel("cosine similarity to the query")
+    ax.set_ylabel("count")
+    ax.set_title("Positive vs mined negative scores")
+    ax.legend()
+    return _save(fig, path)
+
+
+def margin_histogram(margins: Sequence[float], hardest: Sequence[float], path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    values = list(margins) + list(hardest)
+    bins = np.linspace(min(values), max(values), 40)
+    ax.hist(margins, bins=bins, alpha=0.6, label="positive - each negative", color="#756bb1")
+    ax.hist(hardest, bins=bins, alpha=0.6, label="positive - hardest negative", color="#31a354")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("score margin")
+    ax.set_ylabel("count")
+    ax.set_title("Mining margins")
+    ax.legend()
+    return _save(fig, path)
+
+
+def cost_per_step(names: Sequence[str], seconds: Sequence[float], tokens: Sequence[int], path: Path) -> Path:
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(7, 1.6 * len(names) + 3), 3.5))
+    x = np.arange(len(names))
+    left.bar(x, seconds, color="#636363")
+    left.set_xticks(x, names, rotation=20, ha="right")
+    left.set_ylabel("seconds")
+    left.set_title("Time per step")
+    right.bar(x, tokens, color="#3182bd")
+    right.set_xticks(x, names, rotation=20, ha="right")
+    right.set_ylabel("tokens (prompt + completion)")
+    right.set_title("LLM tokens per step")
+    return _save(fig, path)

@@ -1,0 +1,281 @@
+"""Embeddings on disk and exact top-k search over corpus chunks, so memory stays bounded.
+
+Why: sentence-transformers' `mine_hard_negatives` holds a (queries x corpus) score matrix per
+query batch and every embedding in RAM, which is what runs out of memory on large corpora.
+Here the corpus vectors are written to a `.npy` file block by block as they are computed, and
+the search reads them back in chunks; per query chunk only a running top-K is kept, merged with
+each corpus chunk's top-K. Memory is O(query_chunk x corpus_chunk + query_chunk x K), whatever
+the corpus size.
+
+Order is exact and deterministic: score descending, then corpus index ascending, so results do
+not depend on chunk sizes (ties at a chunk's cut are resolved by a full sort of that row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+EmbedFn = Callable[[Sequence[str]], np.ndarray]
+
+
+class VectorFile:
+    """A float32 (n, dim) `.npy` file, read back in chunks (plain reads: no mapping stays resident)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        with self.path.open("rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            self.offset = f.tell()
+        if fortran or dtype != np.float32 or len(shape) != 2:
+            raise ValueError(f"{self.path}: expected a C-order float32 2-D array, got {dtype} {shape}")
+        self.shape: tuple[int, int] = (int(shape[0]), int(shape[1]))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as a fresh in-memory array."""
+        stop = min(stop, self.shape[0])
+        dim = self.shape[1]
+        with self.path.open("rb") as f:
+            f.seek(self.offset + start * dim * 4)
+            return np.fromfile(f, dtype=np.float32, count=max(stop - start, 0) * dim).reshape(-1, dim)
+
+    def take(self, idx: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Rows by index (memory-mapped gather; only the touched pages are read)."""
+        mm = np.load(self.path, mmap_mode="r")
+        return np.asarray(mm[np.asarray(idx, dtype=np.int64)], dtype=np.float32)
+
+    def head(self, n: int) -> VectorFile:
+        """The first n rows as a VectorFile (searchable documents before positive-only ones)."""
+        view = VectorFile.__new__(VectorFile)
+        view.path, view.offset, view.shape = self.path, self.offset, (min(n, self.shape[0]), self.shape[1])
+        return view
+
+
+Vectors = np.ndarray | VectorFile
+
+
+def embed_to_file(
+    embed: EmbedFn,
+    texts: Sequence[str],
+    path: str | Path,
+    *,
+    block: int = 8192,
+    progress: Callable[[int], None] | None = None,
+    on_block: Callable[[int, np.ndarray], None] | None = None,
+) -> VectorFile:
+    """Embed `texts` block by block, appending each block to a `.npy` file as soon as it is done.
+
+    Blocks are consecutive, so the file is written sequentially; the embedder sorts each block by
+    length itself, which pads as little as a global sort once blocks hold thousands of texts.
+    `on_block(start, vectors)` sees each block while it is in memory (search it without re-reading).
+    """
+    path = Path(path)
+    with path.open("wb") as f:
+        header_written = False
+        for start in range(0, len(texts), block):
+            vectors = np.ascontiguousarray(embed(texts[start : start + block]), dtype=np.float32)
+            if not header_written:
+                header = {"descr": "<f4", "fortran_order": False, "shape": (len(texts), vectors.shape[1])}
+                np.lib.format.write_array_header_1_0(f, header)
+                header_written = True
+            f.write(vectors.tobytes())
+            if on_block is not None:
+                on_block(start, vectors)
+            if progress:
+                progress(len(vectors))
+        if not header_written:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (0, 0)})
+    return VectorFile(path)
+
+
+def iter_chunks(vectors: Vectors, size: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, rows) chunks of an in-memory array or a VectorFile."""
+    n = len(vectors)
+    for start in range(0, n, size):
+        if isinstance(vectors, VectorFile):
+            yield start, vectors.read(start, start + size)
+        else:
+            yield start, vectors[start : start + size]
+
+
+def _sort_rows(idx: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: sort by score descending, then index ascending; keep k."""
+    order = np.lexsort((idx, -scores), axis=-1)[:, :k]
+    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(scores, order, axis=1)
+
+
+def _chunk_top_k(scores: np.ndarray, start: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (global index, score) of each row of one (queries x chunk) score block, exact ties."""
+    q, c = scores.shape
+    if k >= c:
+        idx = np.broadcast_to(np.arange(start, start + c), (q, c)).copy()
+        return _sort_rows(idx, scores, k)
+    part = np.argpartition(scores, c - k, axis=1)[:, c - k :]
+    top = np.take_along_axis(scores, part, axis=1)
+    # argpartition picks arbitrarily among scores tied with the k-th best: redo those rows in full.
+    kth = top.min(axis=1)
+    tied = np.flatnonzero((scores >= kth[:, None]).sum(axis=1) > k)
+    for r in tied:
+        cand = np.flatnonzero(scores[r] >= kth[r])
+        order = np.lexsort((cand, -scores[r, cand]))[:k]
+        part[r], top[r] = cand[order], scores[r, cand[order]]
+    return _sort_rows(part + start, top, k)
+
+
+def _merge_above(
+    best_idx: np.ndarray, best_scores: np.ndarray, scores: np.ndarray, start: int, k: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Merge one block into full top-k lists using only scores above each row's k-th best.
+
+    Why: after the first blocks almost nothing beats the k-th best, so gathering those few is much
+    cheaper than an argpartition of the whole block. Strictly above is exact: this block's indices
+    are all higher than the kept ones, so a tie with the k-th best loses. None when a row has more
+    than k candidates (the caller then partitions the block).
+    """
+    if best_idx.shape[1] < k:
+        return None
+    mask = scores > best_scores[:, k - 1 : k]
+    rows, cols = np.nonzero(mask)
+    if not len(rows):
+        return best_idx, best_scores
+    counts = np.bincount(rows, minlength=len(scores))
+    width = int(counts.max())
+    if width > k:
+        return None
+    pos = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    cand_idx = np.full((len(scores), width), -1, dtype=np.int64)
+    cand_scores = np.full((len(scores), width), -np.inf, dtype=np.float32)
+    cand_idx[rows, pos] = cols + start
+    cand_scores[rows, pos] = scores[rows, cols]
+    return _sort_rows(np.concatenate([best_idx, cand_idx], 1), np.concatenate([best_scores, cand_scores], 1), k)
+
+
+def merge_block(
+    best_idx: np.ndarray, best_scores: np.ndarray, scores: np.ndarray, start: int, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Running top-k lists (sorted, length <= k) merged with a (queries x block) score block."""
+    merged = _merge_above(best_idx, best_scores, scores, start, k)
+    if merged is not None:
+        return merged
+    idx, top = _chunk_top_k(scores, start, k)
+    # Bounded merge: the union of two sorted top-k lists holds the top-k of both.
+    return _sort_rows(np.concatenate([best_idx, idx], axis=1), np.concatenate([best_scores, top], axis=1), k)
+
+
+class StreamingTopK:
+    """Exact top-k of every query over corpus blocks fed in order (search while embedding)."""
+
+    def __init__(self, queries: np.ndarray, k: int, query_chunk: int = 1024) -> None:
+        self.queries = np.ascontiguousarray(queries, dtype=np.float32)
+        self.k = k
+        self.query_chunk = query_chunk
+        n = len(self.queries)
+        self.idx = [np.full((min(query_chunk, n - s), 0), -1, np.int64) for s in range(0, n, query_chunk)]
+        self.scores = [np.full((len(i), 0), -np.inf, np.float32) for i in self.idx]
+
+    def add(self, start: int, block: np.ndarray) -> None:
+        if self.k == 0 or not len(block):
+            return
+        block_t = np.ascontiguousarray(block, dtype=np.float32).T
+        for c, qs in enumerate(range(0, len(self.queries), self.query_chunk)):
+            scores = self.queries[qs : qs + self.query_chunk] @ block_t
+            self.idx[c], self.scores[c] = merge_block(self.idx[c], self.scores[c], scores, start, self.k)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, scores), each (n_queries, k), best first, padded with -1 / -inf."""
+        n = len(self.queries)
+        out_idx = np.full((n, self.k), -1, dtype=np.int64)
+        out_scores = np.full((n, self.k), -np.inf, dtype=np.float32)
+        for c, qs in enumerate(range(0, n, self.query_chunk)):
+            w = self.idx[c].shape[1]
+            out_idx[qs : qs + len(self.idx[c]), :w] = self.idx[c]
+            out_scores[qs : qs + len(self.idx[c]), :w] = self.scores[c]
+        return out_idx, out_scores
+
+
+def top_k(
+    queries: np.ndarray,
+    corpus: Vectors,
+    k: int,
+    *,
+    query_chunk: int = 1024,
+    corpus_chunk: int = 16384,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by dot product: (indices, scores), each (n_queries, k), best first.
+
+    Rows are padded with index -1 and score -inf when the corpus has fewer than k documents.
+    The corpus is streamed once per query chunk; a VectorFile is read chunk by chunk.
+    """
+    n = len(queries)
+    m = len(corpus)
+    out_idx = np.full((n, k), -1, dtype=np.int64)
+    out_scores = np.full((n, k), -np.inf, dtype=np.float32)
+    if k == 0 or m == 0:
+        return out_idx, out_scores
+    for qs in range(0, n, query_chunk):
+        q = np.ascontiguousarray(queries[qs : qs + query_chunk], dtype=np.float32)
+        best_idx = np.full((len(q), 0), -1, dtype=np.int64)
+        best_scores = np.full((len(q), 0), -np.inf, dtype=np.float32)
+        for start, block in iter_chunks(corpus, corpus_chunk):
+            best_idx, best_scores = merge_block(best_idx, best_scores, q @ block.T, start, k)
+        out_idx[qs : qs + len(q), : best_idx.shape[1]] = best_idx
+        out_scores[qs : qs + len(q), : best_idx.shape[1]] = best_scores
+        if progress:
+            progress(len(q))
+    return out_idx, out_scores
+
+
+def faiss_top_k(
+    queries: np.ndarray,
+    corpus: VectorFile,
+    k: int,
+    *,
+    nprobe: int = 16,
+    nlist: int | None = None,
+    block: int = 65536,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate candidates from a faiss IVF index, then exact scores and exact order.
+
+    Why: on very large corpora a full scan per query is the cost; an inverted-file index visits
+    only `nprobe` of `nlist` clusters. Candidates may miss a true top-k document, but every score
+    returned is the exact dot product (re-read from the file) and the order is the exact one
+    (score desc, index asc), so margins mean the same as in exact search. Needs `faiss-cpu`
+    (`pip install synth[faiss]`).
+    """
+    try:
+        import faiss
+    except ImportError as e:
+        raise ImportError("search='faiss' needs faiss-cpu: pip install 'synth[faiss]'") from e
+    n, m = len(queries), len(corpus)
+    dim = corpus.shape[1]
+    nlist = nlist or max(1, min(int(4 * np.sqrt(m)), m // 39 or 1))
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(0)
+    sample = np.sort(rng.choice(m, size=min(m, max(nlist * 39, 1)), replace=False))
+    index.train(corpus.take(sample))
+    for _start, rows in iter_chunks(corpus, block):
+        index.add(np.ascontiguousarray(rows))
+    index.nprobe = min(nprobe, nlist)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    _, cand = index.search(q, min(k, m))
+    out_idx = np.full((n, k), -1, dtype=np.int64)
+    out_scores = np.full((n, k), -np.inf, dtype=np.float32)
+    for qs in range(0, n, 1024):  # one gather per query chunk: bounded memory, few file reads
+        chunk = cand[qs : qs + 1024]
+        wanted = np.unique(chunk[chunk >= 0])
+        vecs = corpus.take(wanted) if len(wanted) else np.zeros((0, dim), np.float32)
+        for i in range(qs, qs + len(chunk)):
+            c = np.unique(cand[i][cand[i] >= 0])
+            exact = vecs[np.searchsorted(wanted, c)] @ q[i]
+            order = np.lexsort((c, -exact))[:k]
+            out_idx[i, : len(order)], out_scores[i, : len(order)] = c[order], exact[order]
+    return out_idx, out_scores

@@ -1,0 +1,147 @@
+"""Out-of-core search: exact top-k over corpus chunks equals a full sort, on disk or in memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from synth.mining import MiningParams, select_negatives
+from synth.vector_store import VectorFile, embed_to_file, top_k
+
+
+def _full_sort(q: np.ndarray, c: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    s = q @ c.T
+    idx = np.array([np.lexsort((np.arange(len(c)), -row))[:k] for row in s])
+    return idx, np.take_along_axis(s, idx, axis=1)
+
+
+def test_top_k_equals_full_sort_for_any_chunking() -> None:
+    rng = np.random.default_rng(1)
+    q = rng.normal(size=(23, 6)).astype(np.float32)
+    c = rng.normal(size=(97, 6)).astype(np.float32)
+    want_idx, want_scores = _full_sort(q, c, 10)
+    for qc, cc in [(1, 1), (5, 7), (23, 10), (1024, 97), (4, 200)]:
+        idx, scores = top_k(q, c, 10, query_chunk=qc, corpus_chunk=cc)
+        np.testing.assert_array_equal(idx, want_idx)
+        np.testing.assert_allclose(scores, want_scores, rtol=1e-6)
+
+
+def test_top_k_ties_across_chunks_go_to_lower_index() -> None:
+    # Every doc scores 0.5 except doc 7 (1.0): the top 4 are 7, 0, 1, 2 whatever the chunking.
+    c = np.tile(np.array([[0.5, np.sqrt(0.75)]], dtype=np.float32), (12, 1))
+    c[7] = [1.0, 0.0]
+    q = np.array([[1.0, 0.0]], dtype=np.float32)
+    for cc in (1, 3, 5, 12):
+        idx, scores = top_k(q, c, 4, corpus_chunk=cc)
+        assert idx.tolist() == [[7, 0, 1, 2]]
+        assert scores.tolist() == [[1.0, 0.5, 0.5, 0.5]]
+
+
+def test_top_k_pads_short_corpus() -> None:
+    c = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    idx, scores = top_k(np.array([[0.0, 1.0]], dtype=np.float32), c, 4)
+    assert idx.tolist() == [[1, 0, -1, -1]]
+    assert scores[0, :2].tolist() == [1.0, 0.0] and np.isneginf(scores[0, 2:]).all()
+
+
+def test_embed_to_file_streams_blocks_and_reads_back(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def embed(texts: list[str]) -> np.ndarray:
+        calls.append(len(texts))
+        return np.array([[float(len(t)), 1.0] for t in texts], dtype=np.float32)
+
+    texts = ["a", "bb", "ccc", "dddd", "eeeee"]
+    done: list[int] = []
+    vf = embed_to_file(embed, texts, tmp_path / "v.npy", block=2, progress=done.append)
+    assert calls == [2, 2, 1] and done == [2, 2, 1]
+    assert vf.shape == (5, 2) and len(vf) == 5
+    np.testing.assert_array_equal(np.load(tmp_path / "v.npy")[:, 0], [1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(vf.read(1, 3)[:, 0], [2, 3])
+    np.testing.assert_array_equal(vf.take([4, 0])[:, 0], [5, 1])
+    # The search reads a VectorFile chunk by chunk and finds what the in-memory array gives.
+    q = np.array([[1.0, 0.0]], dtype=np.float32)
+    assert top_k(q, vf, 3, corpus_chunk=2)[0].tolist() == [[4, 3, 2]]
+
+
+def test_vector_file_rejects_other_dtypes(tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.zeros((2, 2), dtype=np.float64))
+    try:
+        VectorFile(tmp_path / "x.npy")
+    except ValueError as e:
+        assert "float32" in str(e)
+    else:
+        raise AssertionError("float64 file accepted")
+
+
+# --- st_compatible window, on literal scores ------------------------------------------------------
+
+SCORES = np.array([0.5, 0.9, 0.7, 0.8, 0.6])  # sorted: 1, 3, 2, 4, 0
+
+
+def _st(exclude: set[int] = frozenset(), **kwargs: object) -> list[int]:  # type: ignore[assignment]
+    params = MiningParams(st_compatible=True, **kwargs)  # type: ignore[arg-type]
+    return select_negatives(SCORES, 1.0, set(exclude), params, np.random.default_rng(0))[0]
+
+
+def test_st_range_min_skips_survivors_after_filters() -> None:
+    # max_score .75 drops 1 and 3 -> survivors [2, 4, 0]; range_min 1 skips 2 -> [4, 0].
+    assert _st(range_min=1, range_max=5, max_score=0.75, num_negatives=2) == [4, 0]
+
+
+def test_st_pool_is_counted_before_exclusion() -> None:
+    # Pool = range_max + 1 (max_positives) best: [1, 3, 2]; excluding 1 leaves [3, 2].
+    assert _st({1}, range_max=2, num_negatives=3) == [3, 2]
+    # Excluding a doc outside the pool frees no slot: [1, 3, 2][:2].
+    assert _st({0}, range_max=2, num_negatives=3) == [1, 3]
+
+
+def test_st_default_range_max() -> None:
+    p = MiningParams(num_negatives=3, range_min=2, st_compatible=True)
+    assert p.st_range_max(max_positives=2) == 2 + 3 + 2
+    assert MiningParams(num_negatives=3, relative_margin=0.1).st_range_max(1) == 0 + 30 + 1
+    # No margin: pool of 0 + 1 + 1 = 2 -> only the best two are candidates, then exclusion.
+    assert _st({1}, num_negatives=1) == [3]
+
+
+def test_streaming_top_k_with_prefilter_equals_full_sort_on_minilm(embedder: object) -> None:
+    """Search-while-embedding (blocks fed in order, threshold prefilter) equals a full sort."""
+    from synth.vector_store import StreamingTopK
+    from tests.test_mine_parity import docstring_pairs
+
+    pairs = docstring_pairs(["json", "textwrap", "shutil", "pathlib", "os"])
+    c = embedder.embed([p["positive"] for p in pairs], role="document")  # type: ignore[attr-defined]
+    q = embedder.embed([p["anchor"] for p in pairs], role="query")  # type: ignore[attr-defined]
+    # (exact ties are covered on literal scores above: BLAS may round duplicate columns differently)
+    want_idx, want_scores = _full_sort(q, c, 7)
+    for block, query_chunk in [(1, 3), (9, 1024), (16, 5), (len(c), 2)]:
+        stream = StreamingTopK(q, 7, query_chunk=query_chunk)
+        for start in range(0, len(c), block):
+            stream.add(start, c[start : start + block])
+        idx, scores = stream.result()
+        np.testing.assert_array_equal(idx, want_idx)
+        np.testing.assert_allclose(scores, want_scores, rtol=1e-5)
+
+
+def test_faiss_candidates_get_exact_scores_and_order(tmp_path: Path, embedder: object) -> None:
+    """All clusters probed: faiss equals exact search; one cluster: returned scores are still exact."""
+    from synth.vector_store import faiss_top_k
+    from tests.test_mine_parity import docstring_pairs
+
+    pairs = docstring_pairs(["json", "textwrap", "shutil", "pathlib", "os", "inspect"])
+    texts = [p["positive"] for p in pairs]
+    vf = embed_to_file(lambda t: embedder.embed(t, role="document"), texts, tmp_path / "c.npy", block=50)  # type: ignore[attr-defined]
+    c = np.load(tmp_path / "c.npy")
+    q = embedder.embed([p["anchor"] for p in pairs], role="query")  # type: ignore[attr-defined]
+    want_idx, want_scores = _full_sort(q, c, 5)
+    idx, scores = faiss_top_k(q, vf, 5, nprobe=10_000, nlist=4)
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5)
+    idx, scores = faiss_top_k(q, vf, 5, nprobe=1, nlist=4)
+    for i in range(len(q)):
+        got = idx[i][idx[i] >= 0]
+        np.testing.assert_allclose(scores[i][: len(got)], c[got] @ q[i], rtol=1e-5)
+        assert list(scores[i][: len(got)]) == sorted(scores[i][: len(got)], reverse=True)
+    recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(idx, want_idx, strict=True)])
+    assert recall < 1.0  # one of four clusters misses some true neighbours: the search is approximate
