@@ -119,7 +119,9 @@ def run_one(kind: str, work: Path, model: str) -> dict:
             def embed(self, texts, *, role, progress=None):  # type: ignore[no-untyped-def]
                 return st.encode(list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
 
-        rows = mine_dataset(pairs, Embedder(), corpus=corpus, params=MiningParams(st_compatible=True, **KNOBS), work_dir=work).rows  # type: ignore[arg-type]
+        rows = mine_dataset(
+            pairs, Embedder(), corpus=corpus, params=MiningParams(st_compatible=True, **KNOBS), work_dir=work
+        ).rows  # type: ignore[arg-type]
     else:  # the floor: embed the same (deduplicated) texts, nothing else
         texts = list(dict.fromkeys(corpus + [p["positive"] for p in pairs]))
         st.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
@@ -128,7 +130,13 @@ def run_one(kind: str, work: Path, model: str) -> dict:
     seconds = time.perf_counter() - t0
     if rows:
         (work / f"{kind}.json").write_text(json.dumps(rows))
-    return {"kind": kind, "seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rows": len(rows), "corpus": len(corpus)}
+    return {
+        "kind": kind,
+        "seconds": seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rows": len(rows),
+        "corpus": len(corpus),
+    }
 
 
 def measure(kind: str, work: Path, model: Path) -> dict:
@@ -163,14 +171,20 @@ def main() -> None:
     st, synth, floor = (measure(k, args.work, model) for k in ("st", "synth", "floor"))
     same = json.loads((args.work / "st.json").read_text()) == json.loads((args.work / "synth.json").read_text())
     print(f"identical rows: {same}")
-    print(f"time synth/ST {synth['seconds'] / st['seconds']:.2f}x; peak RSS synth/ST {synth['peak_rss_mb'] / st['peak_rss_mb']:.2f}x; synth/floor {synth['seconds'] / floor['seconds']:.2f}x")
+    print(
+        f"time synth/ST {synth['seconds'] / st['seconds']:.2f}x; peak RSS synth/ST {synth['peak_rss_mb'] / st['peak_rss_mb']:.2f}x; synth/floor {synth['seconds'] / floor['seconds']:.2f}x"
+    )
     if not args.skip_10x:
-        big = corpus + [f"{corpus[i]} {corpus[(i * 7 + j) % len(corpus)]}" for j in range(1, 10) for i in range(len(corpus))]
+        big = corpus + [
+            f"{corpus[i]} {corpus[(i * 7 + j) % len(corpus)]}" for j in range(1, 10) for i in range(len(corpus))
+        ]
         (args.work / "corpus10x.json").write_text(json.dumps(big))
         del big
         one = measure("synth", args.work, static)
         ten = measure("synth10x", args.work, static)
-        print(f"static embedder: 1x corpus {one['peak_rss_mb']:.0f} MB peak, 10x corpus {ten['peak_rss_mb']:.0f} MB peak")
+        print(
+            f"static embedder: 1x corpus {one['peak_rss_mb']:.0f} MB peak, 10x corpus {ten['peak_rss_mb']:.0f} MB peak"
+        )
 
 
 if __name__ == "__main__":

@@ -134,9 +134,7 @@ def _print_summary(result) -> None:  # type: ignore[no-untyped-def]
         tokens = f"{r.prompt_tokens}/{r.completion_tokens}" if r.requests else "-"
         requests = f"{r.requests} ({r.retries} retries)" if r.retries else str(r.requests or "-")
         cached = str(r.cache_hits) if r.kind == "generate" else "-"
-        table.add_row(
-            r.name, str(r.rows_in), str(r.rows_out), drops, requests, cached, tokens, f"{r.seconds:.1f}"
-        )
+        table.add_row(r.name, str(r.rows_in), str(r.rows_out), drops, requests, cached, tokens, f"{r.seconds:.1f}")
     console.print(table)
     console.print(
         f"[bold green]{len(result.rows)} rows[/] written to [bold]{result.output_dir}[/] in {result.seconds:.0f} s"

@@ -75,7 +75,7 @@ def dropped_dataset(dropped: Sequence[Row]) -> Any:
     Evidence differs by rule (a score, a raw reply, a list of tokens), so it is kept as a JSON
     string rather than columns whose types would clash between rules.
     """
-    from datasets import Dataset
+    from datasets import Dataset, Features, Value
 
     columns: dict[str, list[str]] = {c: [] for c in DROPPED_COLUMNS}
     for d in dropped:
@@ -83,7 +83,18 @@ def dropped_dataset(dropped: Sequence[Row]) -> Any:
             columns[c].append("" if d.get(c) is None else str(d.get(c)))
         rest = {k: v for k, v in d.items() if k not in DROPPED_COLUMNS}
         columns["values"].append(json.dumps(_jsonable(rest), ensure_ascii=False))
-    return Dataset.from_dict(columns)
+    return Dataset.from_dict(columns, features=Features({c: Value("string") for c in DROPPED_COLUMNS}))
+
+
+def _training_dataset(train: Sequence[Row]) -> Any:
+    """The trainer's dataset; with no rows it still has the anchor/positive columns and loads."""
+    from datasets import Dataset, Features, Value
+
+    if train:
+        return Dataset.from_list(list(train))
+    return Dataset.from_dict(
+        {"anchor": [], "positive": []}, features=Features({"anchor": Value("string"), "positive": Value("string")})
+    )
 
 
 def write_output(
@@ -112,12 +123,12 @@ def write_output(
     _remove_stale_temp_folders(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        Dataset.from_list(train).save_to_disk(str(tmp))
+        _training_dataset(train).save_to_disk(str(tmp), num_shards=1)
         crash_point("export")
         if rows:
             Dataset.from_list(_details_rows(rows)).save_to_disk(str(tmp / "details"))
         write_jsonl(tmp / "dropped.jsonl", dropped)
-        dropped_dataset(dropped).save_to_disk(str(tmp / "dropped"))
+        dropped_dataset(dropped).save_to_disk(str(tmp / "dropped"), num_shards=1)  # 1 shard: empty stays loadable
         if "jsonl" in formats:
             write_jsonl(tmp / "train.jsonl", train)
         if "parquet" in formats:

@@ -20,7 +20,13 @@ def mine_command(
     anchor_column: Annotated[str | None, Opt(help="Default: first column.")] = None,
     positive_column: Annotated[str | None, Opt(help="Default: second column.")] = None,
     corpus: Annotated[Path | None, Opt(help="Extra documents: a file with one JSON {text} per line.")] = None,
-    formats: Annotated[list[str] | None, Opt("--format", help="triplet, n-tuple, labeled-pair, labeled-list, flagembedding, marginmse, beir (repeatable).")] = None,
+    formats: Annotated[
+        list[str] | None,
+        Opt(
+            "--format",
+            help="triplet, n-tuple, labeled-pair, labeled-list, flagembedding, marginmse, beir (repeatable).",
+        ),
+    ] = None,
     output_scores: Annotated[bool, Opt(help="Add scores to sentence-transformers formats.")] = False,
     num_negatives: int = 3,
     range_min: int = 0,
@@ -32,14 +38,22 @@ def mine_command(
     sampling: str = "top",
     seed: int = 0,
     st_compatible: Annotated[bool, Opt(help="sentence-transformers' window semantics.")] = False,
-    search: Annotated[str, Opt(help="exact, or faiss (approximate candidates, exact scores; pip install 'synth[faiss]').")] = "exact",
+    search: Annotated[
+        str, Opt(help="exact, or faiss (approximate candidates, exact scores; pip install 'synth[faiss]').")
+    ] = "exact",
     nprobe: Annotated[int, Opt(help="faiss: clusters visited per query.")] = 16,
     query_prompt: str | None = None,
     corpus_prompt: str | None = None,
     batch_size: int | None = None,
-    near_duplicate_ratio: Annotated[float | None, Opt(help="Drop candidates with rapidfuzz ratio >= this to a positive.")] = None,
-    near_duplicate_cosine: Annotated[float | None, Opt(help="Drop candidates with cosine >= this to a positive.")] = None,
-    cross_encoder: Annotated[str | None, Opt(help="Rescore candidates with this CrossEncoder (drives the margins).")] = None,
+    near_duplicate_ratio: Annotated[
+        float | None, Opt(help="Drop candidates with rapidfuzz ratio >= this to a positive.")
+    ] = None,
+    near_duplicate_cosine: Annotated[
+        float | None, Opt(help="Drop candidates with cosine >= this to a positive.")
+    ] = None,
+    cross_encoder: Annotated[
+        str | None, Opt(help="Rescore candidates with this CrossEncoder (drives the margins).")
+    ] = None,
 ) -> None:
     """Mine hard negatives for (anchor, positive) pairs and write them in trainers' formats."""
     import json

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from synth.embedders import Embedder
-from synth.mining import MiningParams, finish, removal_totals, row_rng, search_windows, window
+from synth.mining import MiningParams, finish, removal_totals, row_rng, search_windows, windows
 from synth.rescore import FUSERS, Rescorer
 from synth.vector_store import StreamingTopK, VectorFile, embed_to_file, faiss_top_k
 
@@ -75,8 +75,7 @@ def _guard_masks(
 
         for i, (idx, _, _) in enumerate(windows):
             hits = [
-                any(fuzz.ratio(corpus[c], corpus[p]) >= guards.near_duplicate_ratio for p in positives[i])
-                for c in idx
+                any(fuzz.ratio(corpus[c], corpus[p]) >= guards.near_duplicate_ratio for p in positives[i]) for c in idx
             ]
             out[i]["near_duplicate_text"] = np.asarray(hits, dtype=bool)
     if guards.near_duplicate_cosine is not None:
@@ -154,22 +153,27 @@ def _search(
     m, n = len(corpus), len(query_emb)
     k = max((params.pool_size(m, len(e), max_positives) for e in exclude), default=0)
     stream = StreamingTopK(query_emb, k) if n * k <= STREAM_LIMIT and params.search == "exact" else None
-    with task("embedding corpus + searching" if stream else "embedding corpus", m) as advance:
-        vectors = embed_to_file(
-            lambda t: embedder.embed(t, role="document"),
-            list(corpus),
-            path,
-            progress=advance,
-            on_block=stream.add if stream else None,
-        )
+    try:
+        with task("embedding corpus + searching" if stream else "embedding corpus", m) as advance:
+            vectors = embed_to_file(
+                lambda t: embedder.embed(t, role="document"),
+                list(corpus),
+                path,
+                progress=advance,
+                on_block=stream.add if stream else None,
+            )
+    except BaseException:
+        if stream is not None:
+            stream.close(cancel=True)  # the search worker stops with a failed embedding
+        raise
     if stream is not None:
         idx, scores = stream.result()
-        return vectors, [window(idx[i], scores[i], exclude[i], params, max_positives) for i in range(n)]
+        return vectors, windows(idx, scores, exclude, params, max_positives)
     if params.search == "faiss":
         with task("searching (faiss)", n) as advance:
             idx, scores = faiss_top_k(query_emb, vectors, k, nprobe=params.nprobe)
             advance(n)
-        return vectors, [window(idx[i], scores[i], exclude[i], params, max_positives) for i in range(n)]
+        return vectors, windows(idx, scores, exclude, params, max_positives)
     with task("searching", n) as advance:
         return vectors, search_windows(query_emb, vectors, exclude, params, max_positives, progress=advance)
 
@@ -209,7 +213,11 @@ def run_mining(
             query_emb, corpus[:n_docs], embedder, Path(tmp.name) / "corpus.npy", exclude, params, max_positives, task
         )
         extra_texts = list(corpus[n_docs:])
-        extra = embedder.embed(extra_texts, role="document") if extra_texts else np.zeros((0, query_emb.shape[1]), np.float32)
+        extra = (
+            embedder.embed(extra_texts, role="document")
+            if extra_texts
+            else np.zeros((0, query_emb.shape[1]), np.float32)
+        )
         vectors = _Docs(file, extra)
         flat = sorted({p for ps in positives for p in ps})
         pos_vecs = vectors.take(flat) if flat else np.zeros((0, query_emb.shape[1]), np.float32)
@@ -242,7 +250,9 @@ def run_mining(
             if rescorer is not None:
                 teacher[rescorer.name] = [float(s) for s in margin_pos[i]] + row.scores
             positive_scores = [float(s) for s in margin_pos[i]]
-            mined.append(MinedQuery(i, list(positives[i]), positive_scores, row.negatives, row.scores, row.removed, teacher))
+            mined.append(
+                MinedQuery(i, list(positives[i]), positive_scores, row.negatives, row.scores, row.removed, teacher)
+            )
         _add_teachers(mined, queries, corpus, teachers, fuse)
     finally:
         tmp.cleanup()
@@ -252,7 +262,11 @@ def run_mining(
 
 
 def _add_teachers(
-    mined: list[MinedQuery], queries: Sequence[str], corpus: Sequence[str], teachers: Sequence[Rescorer], fuse: str | None
+    mined: list[MinedQuery],
+    queries: Sequence[str],
+    corpus: Sequence[str],
+    teachers: Sequence[Rescorer],
+    fuse: str | None,
 ) -> None:
     """Soft labels of extra teachers on the final (query, positive/negative) pairs, then fusion."""
     for t in teachers:

@@ -142,16 +142,49 @@ def window(
     return idx, scores, removed
 
 
+def windows(
+    idx: np.ndarray, scores: np.ndarray, exclude: Sequence[set[int]], params: MiningParams, max_positives: int = 1
+) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """`window` for every row of (n, K) sorted candidates at once: the same result, row by row.
+
+    Why: one np.isin per row costs more than the rest of mining after the search; here the
+    exclusion test is one comparison of the (n, K) block against each row's padded exclude list.
+    """
+    width = max((len(e) for e in exclude), default=0)
+    if width > 64:  # one pass per excluded column: past a few dozen, per-row isin is cheaper
+        return [window(idx[i], scores[i], exclude[i], params, max_positives) for i in range(len(idx))]
+    if params.st_compatible:
+        pool = params.st_range_max(max_positives) + max_positives
+        idx, scores = idx[:, :pool], scores[:, :pool]
+    ex = np.full((len(idx), max(width, 1)), -1, dtype=np.int64)  # -1 pads: dropped below anyway
+    for i, e in enumerate(exclude):
+        ex[i, : len(e)] = np.fromiter(e, dtype=np.int64, count=len(e))
+    keep = idx >= 0  # -1 pads a short corpus
+    for j in range(ex.shape[1]):
+        keep &= idx != ex[:, j : j + 1]
+    removed = idx.shape[1] - np.count_nonzero(keep, axis=1)
+    out = []
+    lo, hi = (None, None) if params.st_compatible else (params.range_min, params.range_max)
+    for i in range(len(idx)):
+        k = keep[i]
+        out.append((idx[i][k][lo:hi], scores[i][k][lo:hi], int(removed[i])))
+    return out
+
+
 def finish(
     idx: np.ndarray,
     scores: np.ndarray,
     positive_score: float,
     params: MiningParams,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None,
     removed: dict[str, int] | None = None,
     max_positives: int = 1,
 ) -> MinedRow:
-    """Steps 5-6 on a window in final sort order; counts what each filter removed into `removed`."""
+    """Steps 5-6 on a window in final sort order; counts what each filter removed into `removed`.
+
+    `rng` is only drawn from with ``sampling="random"`` (None is fine for "top": building a
+    generator per row costs more than the rest of this function).
+    """
     removed = dict(removed or {})
     # float64 so thresholds are not rounded to float32 before comparing.
     scores = np.asarray(scores).astype(np.float64)
@@ -178,15 +211,17 @@ def finish(
     if params.sampling == "top" or len(idx) <= n:
         idx, scores = idx[:n], scores[:n]
     else:
+        if rng is None:
+            raise ValueError("sampling='random' needs a generator (row_rng)")
         # Sorting the drawn positions keeps the score-descending order of the survivors.
         picked = np.sort(rng.choice(len(idx), size=n, replace=False))
         idx, scores = idx[picked], scores[picked]
     return MinedRow([int(i) for i in idx], [float(s) for s in scores], float(positive_score), removed)
 
 
-def row_rng(params: MiningParams, i: int) -> np.random.Generator:
-    """Row i's generator: independent of batching, so chunk sizes never change a result."""
-    return np.random.default_rng([params.seed, i])
+def row_rng(params: MiningParams, i: int) -> np.random.Generator | None:
+    """Row i's generator, independent of batching (chunk sizes never change a result); None for "top"."""
+    return np.random.default_rng([params.seed, i]) if params.sampling == "random" else None
 
 
 def select_negatives(
@@ -231,7 +266,7 @@ def search_windows(
     idx, scores = top_k(
         query_emb, corpus, k, query_chunk=query_chunk, corpus_chunk=params.corpus_chunk, progress=progress
     )
-    return [window(idx[i], scores[i], exclude[i], params, max_positives) for i in range(len(query_emb))]
+    return windows(idx, scores, exclude, params, max_positives)
 
 
 def mine(

@@ -7,12 +7,16 @@ tests that run the CLI in a subprocess start their own, as a user's command woul
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+# Every test session starts with an empty request/embedding cache of its own, so request counts
+# are real and no test is served replies that a user's earlier runs paid for.
+os.environ["SYNTH_CACHE_DIR"] = tempfile.mkdtemp(prefix="synth-test-cache-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent

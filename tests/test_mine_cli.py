@@ -51,7 +51,9 @@ def test_cross_encoder_rescoring_picks_by_its_scores(embedder: object) -> None:
         q = out.result.queries[m.query]
         # The window is the embedder's 6 best non-positives; the CE's 2 best of them are kept.
         cand = [i for i in range(len(out.result.corpus)) if i not in m.positives]
-        emb = embedder.embed([q], role="query") @ embedder.embed([out.result.corpus[i] for i in cand], role="document").T  # type: ignore[attr-defined]
+        emb = (
+            embedder.embed([q], role="query") @ embedder.embed([out.result.corpus[i] for i in cand], role="document").T
+        )  # type: ignore[attr-defined]
         order = np.lexsort((np.array(cand), -emb[0]))[:6]
         top6 = [cand[j] for j in order]
         ce_scores = ce.predict([(q, out.result.corpus[i]) for i in top6], convert_to_numpy=True)

@@ -164,9 +164,27 @@ def test_sentence_transformers_formats() -> None:
     rows = _mine(output_format="triplet", output_scores=True).rows
     assert rows[2]["scores"] == [0.0, F(0.8)]
     assert _mine(output_format="n-tuple", output_scores=True).rows == [
-        {"anchor": "qa", "positive": "alpha one", "negative_1": "alpha one!", "negative_2": "gamma", "scores": [1.0, F(0.8), F(0.6)]},
-        {"anchor": "qa", "positive": "delta", "negative_1": "alpha one!", "negative_2": "gamma", "scores": [0.0, F(0.8), F(0.6)]},
-        {"anchor": "qb", "positive": "delta", "negative_1": "alpha one!", "negative_2": "epsilon", "scores": [F(0.8), F(0.6), F(0.6)]},
+        {
+            "anchor": "qa",
+            "positive": "alpha one",
+            "negative_1": "alpha one!",
+            "negative_2": "gamma",
+            "scores": [1.0, F(0.8), F(0.6)],
+        },
+        {
+            "anchor": "qa",
+            "positive": "delta",
+            "negative_1": "alpha one!",
+            "negative_2": "gamma",
+            "scores": [0.0, F(0.8), F(0.6)],
+        },
+        {
+            "anchor": "qb",
+            "positive": "delta",
+            "negative_1": "alpha one!",
+            "negative_2": "epsilon",
+            "scores": [F(0.8), F(0.6), F(0.6)],
+        },
     ]
     assert [(r["anchor"], r["positive"], r["label"]) for r in _mine(output_format="labeled-pair").rows] == [
         ("qa", "alpha one", 1),
@@ -211,7 +229,9 @@ def test_flagembedding_and_marginmse() -> None:
         ("delta", "alpha one!"),
         ("delta", "gamma"),
     ]
-    np.testing.assert_allclose([r["label"] for r in mse], [1 - 0.8, 1 - 0.6, -0.8, -0.6, 0.8 - 0.6, 0.8 - 0.6], atol=1e-6)
+    np.testing.assert_allclose(
+        [r["label"] for r in mse], [1 - 0.8, 1 - 0.6, -0.8, -0.6, 0.8 - 0.6, 0.8 - 0.6], atol=1e-6
+    )
 
 
 def test_write_formats_and_beir(tmp_path: Path) -> None:

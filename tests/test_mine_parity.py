@@ -107,7 +107,9 @@ def test_negatives_equal_sentence_transformers(
 def test_parity_data_has_several_positives_and_filters_bite(embedder: object) -> None:
     rows = parity_rows()
     out = mine_dataset(
-        rows, embedder, params=MiningParams(range_max=25, relative_margin=0.05, st_compatible=True)  # type: ignore[arg-type]
+        rows,
+        embedder,
+        params=MiningParams(range_max=25, relative_margin=0.05, st_compatible=True),  # type: ignore[arg-type]
     )
     assert sum(len(m.positives) > 1 for m in out.result.mined) >= 10
     assert out.result.stats["removed"]["relative_margin"] > 0  # type: ignore[index]

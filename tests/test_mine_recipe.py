@@ -49,11 +49,24 @@ def _expected_top(embedder: object, query: str, texts: list[str], own: int, wind
 
 def test_recipe_step_equals_mine_dataset_and_writes_formats(tmp_path: Path, embedder: object) -> None:
     rows = _source(tmp_path)
-    run = _run(tmp_path, "num_negatives: 2, range_max: 10, relative_margin: 0.05, formats: [flagembedding, marginmse, beir]", embedder=embedder)
+    run = _run(
+        tmp_path,
+        "num_negatives: 2, range_max: 10, relative_margin: 0.05, formats: [flagembedding, marginmse, beir]",
+        embedder=embedder,
+    )
     out = Path(run.output_dir)  # type: ignore[attr-defined]
     pairs = [{"anchor": r["query"], "positive": r["text"]} for r in rows]
-    api = mine_dataset(pairs, embedder, corpus=[r["text"] for r in rows], params=MiningParams(num_negatives=2, range_max=10, relative_margin=0.05))  # type: ignore[arg-type]
-    want = {api.result.queries[m.query]: [api.result.corpus[j] for j in m.negatives] for m in api.result.mined if len(m.negatives) == 2}
+    api = mine_dataset(
+        pairs,
+        embedder,
+        corpus=[r["text"] for r in rows],
+        params=MiningParams(num_negatives=2, range_max=10, relative_margin=0.05),
+    )  # type: ignore[arg-type]
+    want = {
+        api.result.queries[m.query]: [api.result.corpus[j] for j in m.negatives]
+        for m in api.result.mined
+        if len(m.negatives) == 2
+    }
     details = load_from_disk(str(out / "details"))
     assert {r["query"]: r["negatives"] for r in details} == want  # same engine, same answer
     assert load_from_disk(str(out)).column_names == ["anchor", "positive", "negative_1", "negative_2"]
@@ -88,7 +101,9 @@ def test_recipe_cross_encoder_rescoring_guard_and_teachers(tmp_path: Path, embed
         assert info["negative_ids"] == [f"d{i}" for i in pick]
         np.testing.assert_allclose(info["negative_scores"], sorted(s, reverse=True)[:2], rtol=1e-4, atol=1e-5)
         assert set(info["teacher_scores"]) == {"embedder", "cross_encoder", "ensemble"}
-        np.testing.assert_allclose(info["teacher_scores"]["cross_encoder"][0], ce.predict([(r["query"], r["text"])])[0], rtol=1e-4)
+        np.testing.assert_allclose(
+            info["teacher_scores"]["cross_encoder"][0], ce.predict([(r["query"], r["text"])])[0], rtol=1e-4
+        )
 
 
 @pytest.mark.usefixtures("vllm_backend")

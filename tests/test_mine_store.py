@@ -136,8 +136,11 @@ def test_faiss_candidates_get_exact_scores_and_order(tmp_path: Path, embedder: o
     q = embedder.embed([p["anchor"] for p in pairs], role="query")  # type: ignore[attr-defined]
     want_idx, want_scores = _full_sort(q, c, 5)
     idx, scores = faiss_top_k(q, vf, 5, nprobe=10_000, nlist=4)
-    np.testing.assert_array_equal(idx, want_idx)
+    # Same scores as a full sort; ids equal up to exact-duplicate docstrings (equal vectors, whose
+    # dot products BLAS may round one ulp apart), so each id is checked against its own score.
     np.testing.assert_allclose(scores, want_scores, rtol=1e-5)
+    np.testing.assert_allclose(np.einsum("ikd,id->ik", c[idx], q), scores, rtol=1e-5)
+    assert (idx == want_idx).mean() > 0.99
     idx, scores = faiss_top_k(q, vf, 5, nprobe=1, nlist=4)
     for i in range(len(q)):
         got = idx[i][idx[i] >= 0]
@@ -145,3 +148,66 @@ def test_faiss_candidates_get_exact_scores_and_order(tmp_path: Path, embedder: o
         assert list(scores[i][: len(got)]) == sorted(scores[i][: len(got)], reverse=True)
     recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(idx, want_idx, strict=True)])
     assert recall < 1.0  # one of four clusters misses some true neighbours: the search is approximate
+
+
+def test_streaming_top_k_exact_on_integer_scores_with_many_ties() -> None:
+    """Small-integer vectors score exactly in any BLAS: heavy ties at every cut, rows that overflow
+    the threshold prefilter (later blocks score higher), background worker or inline, same result."""
+    from synth.vector_store import StreamingTopK
+
+    rng = np.random.default_rng(3)
+    q = rng.integers(0, 3, size=(37, 4)).astype(np.float32)
+    c = rng.integers(0, 3, size=(400, 4)).astype(np.float32)
+    c[200:] += 1  # the second half beats most k-th bests: the top-k path inside merge_block
+    want_idx, want_scores = _full_sort(q, c, 9)
+    for block, query_chunk, background in [(1, 5, True), (7, 1024, True), (50, 4, False), (64, 37, True)]:
+        stream = StreamingTopK(q, 9, query_chunk=query_chunk, background=background)
+        for start in range(0, len(c), block):
+            stream.add(start, c[start : start + block])
+        idx, scores = stream.result()
+        np.testing.assert_array_equal(idx, want_idx)
+        np.testing.assert_array_equal(scores, want_scores)
+
+
+def test_streaming_top_k_worker_error_reaches_the_caller() -> None:
+    from synth.vector_store import StreamingTopK
+
+    stream = StreamingTopK(np.ones((3, 4), np.float32), 2)
+    stream.add(0, np.ones((5, 3), np.float32))  # wrong dimension: fails in the worker thread
+    try:
+        stream.result()
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a failed block search was not reported")
+    stream.close()  # idempotent
+
+
+def test_failed_embedding_stops_the_search_worker() -> None:
+    """An embedder error mid-corpus reaches the caller and leaves no search thread behind."""
+    import threading
+
+    from synth.mine_engine import run_mining
+
+    class FailsOnSecondBlock:
+        model_id = "fails"
+
+        def __init__(self) -> None:
+            self.document_calls = 0
+
+        def embed(self, texts: list[str], *, role: str, progress: object = None) -> np.ndarray:
+            if role == "document":
+                self.document_calls += 1
+                if self.document_calls == 2:
+                    raise RuntimeError("embedder broke")
+            v = np.random.default_rng(len(texts)).normal(size=(len(texts), 8)).astype(np.float32)
+            return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    corpus = [f"doc {i}" for i in range(9000)]  # two embedding blocks of 8192
+    try:
+        run_mining(["q0", "q1"], [[0], [1]], corpus, FailsOnSecondBlock(), MiningParams(range_max=5))  # type: ignore[arg-type]
+    except RuntimeError as e:
+        assert "embedder broke" in str(e)
+    else:
+        raise AssertionError("the embedder's error was swallowed")
+    assert not [t for t in threading.enumerate() if t.name == "synth-topk"]

@@ -370,3 +370,28 @@ def test_params_edge_values_accepted() -> None:
         max_score=0.5,
         chunk_size=1,
     )
+
+
+def test_batched_windows_equal_per_row_window() -> None:
+    """`windows` (all rows at once, the engine's path) gives what `window` gives row by row."""
+    from synth.mining import window, windows
+
+    rng = np.random.default_rng(5)
+    n, k = 40, 30
+    idx = np.stack([rng.permutation(90)[:k] for _ in range(n)]).astype(np.int64)
+    idx[::7, -4:] = -1  # short-corpus padding
+    scores = -np.sort(-rng.random((n, k)), axis=1).astype(np.float32)
+    for sizes in ([0, 1, 3], [2], [0, 70]):  # 70 > the batched limit: the per-row fallback
+        exclude = [set(rng.choice(90, size=sizes[i % len(sizes)], replace=False).tolist()) for i in range(n)]
+        for params in (
+            MiningParams(range_min=2, range_max=9),
+            MiningParams(),
+            MiningParams(st_compatible=True, range_max=5, range_min=1),
+            MiningParams(st_compatible=True, relative_margin=0.1),
+        ):
+            got = windows(idx, scores, exclude, params, max_positives=3)
+            for i in range(n):
+                want = window(idx[i], scores[i], exclude[i], params, max_positives=3)
+                np.testing.assert_array_equal(got[i][0], want[0])
+                np.testing.assert_array_equal(got[i][1], want[1])
+                assert got[i][2] == want[2]

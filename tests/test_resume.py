@@ -33,7 +33,10 @@ def generate(out: Path, cache: Path, crash_at: str | None = None) -> subprocess.
     if crash_at:
         env["SYNTH_CRASH_AT"] = crash_at
     command = [sys.executable, "-m", "synth.cli", "generate", str(QUICKSTART), "--limit", LIMIT, "-o", str(out)]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+    # Own session: the crash kills the whole group (engine workers too), so no orphan holds our pipes.
+    return subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=900, cwd=REPO, start_new_session=True
+    )
 
 
 def replies_by_run(cache: Path) -> dict[str, int]:

@@ -8,7 +8,7 @@ keep the raw text and the parser's reason.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from synth.backends import Completion, Messages, SamplingParams
@@ -30,6 +30,8 @@ def template_variables(row: Row, spec: GenerateSpec, combo: dict[str, Any]) -> d
 
 
 class GenerateStep:
+    chunk_size = 1024  # prompts rendered, looked up and sent per round
+
     def __init__(self, spec: GenerateSpec, sampling: SamplingSpec) -> None:
         self.spec = spec
         self.name = spec.name
@@ -66,8 +68,10 @@ class GenerateStep:
             raise ParseError("missing_keys", ", ".join(missing))
         return {k: value[k] for k in output}
 
-    def _complete(self, conversations: list[Messages], ctx: StepContext, result: StepResult) -> list[Completion]:
-        """Replies for every conversation: cached ones from the cache, the rest from the LLM.
+    def _complete(
+        self, conversations: list[Messages], ctx: StepContext, result: StepResult, advance: Callable[[float], None]
+    ) -> list[Completion]:
+        """Replies for a chunk of conversations: cached ones from the cache, the rest from the LLM.
 
         Each fresh reply is committed to the cache the moment the backend reports it, so a run
         killed mid-step pays for none of them again. Usage counts only requests really sent.
@@ -76,20 +80,19 @@ class GenerateStep:
         keys = [request_key(kind, model_id, c, self.params) for c in conversations]
         cached = ctx.cache.get_many(keys) if ctx.cache else {}
         missing = [i for i, k in enumerate(keys) if k not in cached]
-        result.cache_hits = len(conversations) - len(missing)
+        result.cache_hits += len(conversations) - len(missing)
+        advance(len(conversations) - len(missing))
+
+        def arrived(j: int, completion: Completion) -> None:
+            if ctx.cache is not None:
+                ctx.cache.put(keys[missing[j]], completion, model_id)
+                crash_point("reply")
+            advance(1)
+
         fresh: dict[int, Completion] = {}
-        with ctx.progress.task(f"{self.name}: generating", len(conversations)) as advance:
-            advance(result.cache_hits)
-
-            def arrived(j: int, completion: Completion) -> None:
-                if ctx.cache is not None:
-                    ctx.cache.put(keys[missing[j]], completion, model_id)
-                    crash_point("reply")
-                advance(1)
-
-            if missing:
-                replies = ctx.llm().generate([conversations[i] for i in missing], self.params, on_result=arrived)
-                fresh = dict(zip(missing, replies, strict=True))
+        if missing:
+            replies = ctx.llm().generate([conversations[i] for i in missing], self.params, on_result=arrived)
+            fresh = dict(zip(missing, replies, strict=True))
         for completion in fresh.values():
             result.requests += 1
             result.retries += completion.retries
@@ -97,43 +100,55 @@ class GenerateStep:
             result.completion_tokens += completion.completion_tokens
         return [fresh[i] if i in fresh else cached[keys[i]] for i in range(len(conversations))]
 
-    def __call__(self, rows: Sequence[Row], ctx: StepContext) -> StepResult:
-        spec = self.spec
-        jobs: list[tuple[Row, dict[str, Any]]] = []
-        conversations = []
+    def _jobs(self, rows: Sequence[Row], ctx: StepContext) -> Iterator[tuple[Row, dict[str, Any], Messages]]:
+        """(row, each-combination, rendered messages), lazily, in a fixed order."""
+        combos = combinations(self.spec.each)
         for i, row in enumerate(rows):
-            for combo in combinations(spec.each):
+            for combo in combos:
                 label = f"{i} (id={row.get('source_id', row.get('id'))})"
-                conversations.append(ctx.prompts.render(spec.template, template_variables(row, spec, combo), label))
-                jobs.append((row, combo))
+                variables = template_variables(row, self.spec, combo)
+                yield row, combo, ctx.prompts.render(self.spec.template, variables, label)
+
+    def __call__(self, rows: Sequence[Row], ctx: StepContext) -> StepResult:
+        """Stream the rows through the LLM `chunk_size` prompts at a time: memory stays flat in the input size."""
         result = StepResult(rows=[])
-        if not conversations:
+        total = len(rows) * len(combinations(self.spec.each))
+        if total == 0:
             return result
-        completions = self._complete(conversations, ctx, result)
-        template_hash = ctx.prompts.fingerprint(spec.template)
         provenance = {
-            f"{self.name}_template": template_hash,
+            f"{self.name}_template": ctx.prompts.fingerprint(self.spec.template),
             f"{self.name}_model": ctx.llm_identity[1],
             f"{self.name}_sampling": stable_hash(self.params.__dict__),
             f"{self.name}_parse": "ok",
         }
-        for (row, combo), completion in zip(jobs, completions, strict=True):
-            if completion.error is not None:
-                result.dropped.append(drop(self.name, "request_failed", row, detail=completion.error))
-                continue
-            for sample, raw in enumerate(completion.texts):
-                try:
-                    values = parse_reply(
-                        raw, spec.parser, schema=spec.json_schema, pattern=spec.pattern, max_items=spec.max_items
-                    )
-                    produced = [self._values_to_columns(v) for v in values]
-                except ParseError as e:
-                    result.dropped.append(drop(self.name, f"parse_{e.reason}", row, raw=raw, detail=e.detail))
-                    continue
-                for columns in produced:
-                    new = {**row, **combo, **columns}
-                    new.setdefault("source_id", row.get("id"))
-                    new[f"{self.name}_sample"] = sample
-                    new.update(provenance)
-                    result.rows.append(new)
+        jobs = self._jobs(rows, ctx)
+        with ctx.progress.task(f"{self.name}: generating", total) as advance:
+            while chunk := list(itertools.islice(jobs, self.chunk_size)):
+                completions = self._complete([m for _, _, m in chunk], ctx, result, advance)
+                for (row, combo, _), completion in zip(chunk, completions, strict=True):
+                    self._collect(row, combo, completion, provenance, result)
         return result
+
+    def _collect(
+        self, row: Row, combo: dict[str, Any], completion: Completion, provenance: dict[str, str], result: StepResult
+    ) -> None:
+        """Parse one reply into rows, or record why it yields none."""
+        spec = self.spec
+        if completion.error is not None:
+            result.dropped.append(drop(self.name, "request_failed", row, detail=completion.error))
+            return
+        for sample, raw in enumerate(completion.texts):
+            try:
+                values = parse_reply(
+                    raw, spec.parser, schema=spec.json_schema, pattern=spec.pattern, max_items=spec.max_items
+                )
+                produced = [self._values_to_columns(v) for v in values]
+            except ParseError as e:
+                result.dropped.append(drop(self.name, f"parse_{e.reason}", row, raw=raw, detail=e.detail))
+                continue
+            for columns in produced:
+                new = {**row, **combo, **columns}
+                new.setdefault("source_id", row.get("id"))
+                new[f"{self.name}_sample"] = sample
+                new.update(provenance)
+                result.rows.append(new)

@@ -166,9 +166,7 @@ class MineStep:
             new["positive_score"] = round(m.positive_scores[at], 6)
             if with_teachers:  # soft labels: this row's positive, then its negatives, per teacher
                 k = len(m.positives)
-                new["teacher_scores"] = {
-                    name: [round(v, 6) for v in [s[at], *s[k:]]] for name, s in m.teachers.items()
-                }
+                new["teacher_scores"] = {name: [round(v, 6) for v in [s[at], *s[k:]]] for name, s in m.teachers.items()}
             result.rows.append(new)
         result.stats = {"corpus_size": len(docs), "queries": len(groups), "removed": mined.stats["removed"]}
         return result
@@ -179,7 +177,9 @@ class MineStep:
             return []
         target = Path(folder) / self.name
         target.mkdir(parents=True, exist_ok=True)
-        opts = FormatOptions(output_scores=self.spec.output_scores, num_negatives=self.spec.num_negatives, teacher=self.spec.teacher)
+        opts = FormatOptions(
+            output_scores=self.spec.output_scores, num_negatives=self.spec.num_negatives, teacher=self.spec.teacher
+        )
         written = []
         for name in self.spec.formats:
             if name == "beir":
