@@ -93,6 +93,18 @@ def build_models(folder: Path) -> tuple[Path, Path]:
     return small, static
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS. Why VmHWM: Linux carries ru_maxrss over fork+exec, so a child
+    forked from a parent holding the 10x corpus would report the parent's size, not its own."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_one(kind: str, work: Path, model: str) -> dict:
     """One measurement in this (fresh) process."""
     from sentence_transformers import SentenceTransformer
@@ -133,7 +145,7 @@ def run_one(kind: str, work: Path, model: str) -> dict:
     return {
         "kind": kind,
         "seconds": seconds,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "rows": len(rows),
         "corpus": len(corpus),
     }

@@ -105,6 +105,41 @@ def without_negatives(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     return [{"anchor": r["anchor"], "positive": r["positive"]} for r in rows]
 
 
+def ablation_recipes(recipe_path: Path, work: Path) -> dict[str, Path]:
+    """One-change variants of the recipe, written beside the work files (the request cache makes
+    the shared generation free): no filter step; relative_margin 0; plus LLM-written negatives."""
+    import yaml
+
+    base = yaml.safe_load(recipe_path.read_text())
+
+    def variant(name: str, change) -> Path:  # type: ignore[no-untyped-def]
+        data = json.loads(json.dumps(base))
+        change(data)
+        path = work / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    def no_filters(d: dict) -> None:
+        d["steps"] = [s for s in d["steps"] if "filter" not in s]
+
+    def margin_0(d: dict) -> None:
+        for s in d["steps"]:
+            if "mine_negatives" in s:
+                s["mine_negatives"]["relative_margin"] = 0.0
+
+    def llm_negatives(d: dict) -> None:
+        mine_at = next(i for i, s in enumerate(d["steps"]) if "mine_negatives" in s)
+        step = {"generate": {"name": "llm_negatives", "template": "hard_negative.j2", "output": "llm_negative"}}
+        d["steps"].insert(mine_at, step)
+        d.setdefault("output", {}).setdefault("columns", {})["negatives"] = ["llm_negative"]
+
+    return {
+        "no_filters": variant("no_filters", no_filters),
+        "relative_margin_0": variant("relative_margin_0", margin_0),
+        "with_llm_negatives": variant("with_llm_negatives", llm_negatives),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="BEIR folder (corpus, queries, qrels_*.tsv[.gz])")
@@ -145,14 +180,13 @@ def main() -> None:
     backend = VLLMBackend(recipe.llm)
     embedder = SentenceTransformerEmbedder(recipe.embedder)
     base = [f"source.path={subset}"]
-    variants: dict[str, list[str]] = {"synthetic": base}
+    variants: dict[str, Path] = {"synthetic": args.recipe}
     if args.ablations:
-        variants.update(json.loads((args.recipe.parent / "beir-queries.ablations.json").read_text()))
-        variants = {k: base + v for k, v in variants.items()}
+        variants.update(ablation_recipes(args.recipe, work))
     try:
-        for name, overrides in variants.items():
+        for name, recipe_path in variants.items():
             print(f"{name}: generate + fine-tune ...", flush=True)
-            rows = run_synth(args.recipe, overrides, work / name, backend, embedder)
+            rows = run_synth(recipe_path, base, work / name, backend, embedder)
             model = fine_tune(rows, args, work / f"{name}-ckpt")
             results[name] = {"rows": len(rows), **evaluate_model(model, data)}
             print(f"  {results[name]}", flush=True)
