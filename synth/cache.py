@@ -43,6 +43,33 @@ def request_key(backend: str, model_id: str, messages: Messages, params: Samplin
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def open_sqlite(path: Path, schema: str, what: str) -> sqlite3.Connection:
+    """Open (or create) a WAL sqlite file; a damaged one is moved aside with a warning and replaced.
+
+    Shared by the request and embedding caches: a broken cache must cost a recomputation, never a crash.
+    """
+
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(schema)
+        return conn
+
+    try:
+        conn = connect()
+        conn.execute("PRAGMA quick_check").fetchone()
+        return conn
+    except sqlite3.DatabaseError as e:
+        broken = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+        warnings.warn(f"{what} {path} is damaged ({e}); moved to {broken.name}, starting afresh", stacklevel=3)
+        for suffix in ("", "-wal", "-shm"):
+            part = Path(f"{path}{suffix}")
+            if part.exists():
+                part.rename(Path(f"{broken}{suffix}"))
+        return connect()
+
+
 class RequestCache:
     """Stores Completion replies by request key; failed requests (with `error`) are never stored."""
 
@@ -53,32 +80,7 @@ class RequestCache:
         self.misses = 0
         # Which run paid for each reply: provenance, and proof in tests that no reply was bought twice.
         self.run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-        self.conn = self._open()
-
-    def _open(self) -> sqlite3.Connection:
-        try:
-            conn = self._connect()
-            conn.execute("SELECT count(*) FROM replies").fetchone()
-            conn.execute("PRAGMA quick_check").fetchone()
-            return conn
-        except sqlite3.DatabaseError as e:
-            broken = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            warnings.warn(
-                f"request cache {self.path} is damaged ({e}); moved to {broken.name}, starting a fresh cache",
-                stacklevel=2,
-            )
-            for suffix in ("", "-wal", "-shm"):
-                part = Path(f"{self.path}{suffix}")
-                if part.exists():
-                    part.rename(Path(f"{broken}{suffix}"))
-            return self._connect()
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute(SCHEMA)
-        return conn
+        self.conn = open_sqlite(self.path, SCHEMA, "request cache")
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Completion]:
         found: dict[str, Completion] = {}

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
-import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -77,29 +74,17 @@ class EmbeddingCache:
     """
 
     def __init__(self, path: Path) -> None:
+        from synth.cache import open_sqlite
+
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.hits = 0
         self.misses = 0
-        try:
-            self.conn = self._connect()
-            self.conn.execute("PRAGMA quick_check").fetchone()
-        except sqlite3.DatabaseError as e:
-            broken = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            warnings.warn(f"embedding cache {self.path} is damaged ({e}); moved to {broken.name}", stacklevel=2)
-            for suffix in ("", "-wal", "-shm"):
-                if Path(f"{self.path}{suffix}").exists():
-                    Path(f"{self.path}{suffix}").rename(Path(f"{broken}{suffix}"))
-            self.conn = self._connect()
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, dim INTEGER NOT NULL, data BLOB NOT NULL)"
+        self.conn = open_sqlite(
+            self.path,
+            "CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, dim INTEGER NOT NULL, data BLOB NOT NULL)",
+            "embedding cache",
         )
-        return conn
 
     @staticmethod
     def key(model_id: str, prompt: str | None, text: str) -> str:
