@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from synth.cache import open_sqlite
 from synth.faults import crash_point
 from synth.models import folder_fingerprint, resolve_model
 
@@ -74,8 +75,6 @@ class EmbeddingCache:
     """
 
     def __init__(self, path: Path) -> None:
-        from synth.cache import open_sqlite
-
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.hits = 0

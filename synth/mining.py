@@ -129,17 +129,24 @@ def window(
     idx: np.ndarray, scores: np.ndarray, exclude: set[int], params: MiningParams, max_positives: int = 1
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Steps 2-3 on candidates in final sort order: (idx, scores, how many exclusion removed)."""
-    if params.st_compatible:
-        pool = params.st_range_max(max_positives) + max_positives
-        idx, scores = idx[:pool], scores[:pool]
+    pool, rank = _cuts(params, max_positives)
+    idx, scores = idx[pool], scores[pool]
     keep = idx >= 0  # -1 pads a short corpus
     if exclude:
         keep &= ~np.isin(idx, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))
     removed = int(len(idx) - keep.sum())
-    idx, scores = idx[keep], scores[keep]
-    if not params.st_compatible:
-        idx, scores = idx[params.range_min : params.range_max], scores[params.range_min : params.range_max]
-    return idx, scores, removed
+    return idx[keep][rank], scores[keep][rank], removed
+
+
+def _cuts(params: MiningParams, max_positives: int) -> tuple[slice, slice]:
+    """(candidate pool before exclusion, rank window after it): the two window semantics.
+
+    sentence-transformers cuts its pool first and applies range_min/range_max inside it; synth's
+    default applies the rank window to what survives exclusion.
+    """
+    if params.st_compatible:
+        return slice(params.st_range_max(max_positives) + max_positives), slice(None)
+    return slice(None), slice(params.range_min, params.range_max)
 
 
 def windows(
@@ -153,9 +160,8 @@ def windows(
     width = max((len(e) for e in exclude), default=0)
     if width > 64:  # one pass per excluded column: past a few dozen, per-row isin is cheaper
         return [window(idx[i], scores[i], exclude[i], params, max_positives) for i in range(len(idx))]
-    if params.st_compatible:
-        pool = params.st_range_max(max_positives) + max_positives
-        idx, scores = idx[:, :pool], scores[:, :pool]
+    pool, rank = _cuts(params, max_positives)
+    idx, scores = idx[:, pool], scores[:, pool]
     ex = np.full((len(idx), max(width, 1)), -1, dtype=np.int64)  # -1 pads: dropped below anyway
     for i, e in enumerate(exclude):
         ex[i, : len(e)] = np.fromiter(e, dtype=np.int64, count=len(e))
@@ -163,12 +169,7 @@ def windows(
     for j in range(ex.shape[1]):
         keep &= idx != ex[:, j : j + 1]
     removed = idx.shape[1] - np.count_nonzero(keep, axis=1)
-    out = []
-    lo, hi = (None, None) if params.st_compatible else (params.range_min, params.range_max)
-    for i in range(len(idx)):
-        k = keep[i]
-        out.append((idx[i][k][lo:hi], scores[i][k][lo:hi], int(removed[i])))
-    return out
+    return [(idx[i][keep[i]][rank], scores[i][keep[i]][rank], int(removed[i])) for i in range(len(idx))]
 
 
 def finish(

@@ -117,16 +117,10 @@ def _top_k_unordered(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
     """(columns, scores, kth-next) of each row's k+1 best, k+1 <= columns; any order among ties.
 
     Why torch: `torch.topk` is several times faster than `np.argpartition` on (queries x block)
-    rows and uses every core; numpy is the fallback when torch cannot be imported.
+    rows and uses every core (torch is a dependency anyway: the embedders run on it).
     """
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency; keep the module usable without it
-        part = np.argpartition(scores, scores.shape[1] - k - 1, axis=1)[:, -k - 1 :]
-        top = np.take_along_axis(scores, part, axis=1)
-        order = np.argsort(-top, axis=1, kind="stable")
-        part, top = np.take_along_axis(part, order, 1), np.take_along_axis(top, order, 1)
-        return part[:, :k], top[:, :k], top[:, k]
+    import torch
+
     vals, cols = torch.topk(torch.from_numpy(np.ascontiguousarray(scores)), k + 1, dim=1, sorted=True)
     vals, cols = vals.numpy(), cols.numpy()
     return cols[:, :k], vals[:, :k], vals[:, k]
