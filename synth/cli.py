@@ -7,8 +7,6 @@ commands so that `synth --help` answers at once.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -47,39 +45,6 @@ def _load(recipe: Path, overrides: list[str] | None):  # type: ignore[no-untyped
         _fail(f"{recipe}: invalid recipe\n{e}")
 
 
-class RichProgress:
-    """Progress bars with ETA, one per long stage."""
-
-    def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bars = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=console,
-        )
-
-    @contextmanager
-    def task(self, description: str, total: int) -> Iterator:
-        task_id = self.bars.add_task(description, total=total)
-        try:
-            yield lambda n: self.bars.advance(task_id, n)
-        finally:
-            self.bars.update(task_id, completed=total)
-            self.bars.refresh()
-
-
 @app.command()
 def generate(
     recipe: RecipeArg,
@@ -95,13 +60,16 @@ def generate(
     if not verbose:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if limit is not None and limit < 1:
+        _fail(f"--limit {limit}: must be 1 or more")
     spec, recipe_dir = _load(recipe, set_)
+    from synth.progress import RichProgress
     from synth.runner import run_recipe, validate_recipe
 
     problems = _checked(lambda: validate_recipe(spec, recipe_dir))
     if problems:
         _fail(f"{recipe}: invalid recipe\n" + "\n".join(problems))
-    progress = RichProgress()
+    progress = RichProgress(console)
     with progress.bars:
         result = _checked(
             lambda: run_recipe(
@@ -114,12 +82,13 @@ def generate(
 def _checked(fn):  # type: ignore[no-untyped-def]
     """Run fn; user-facing errors (bad input, templates, sources) become one line, not a traceback."""
     from synth.backends import BackendError
-    from synth.io import SourceError
     from synth.prompts import PromptError
+    from synth.runner import RunFailed
+    from synth.sources import SourceError
 
     try:
         return fn()
-    except (SourceError, PromptError, ValueError, FileNotFoundError, BackendError) as e:
+    except (SourceError, PromptError, ValueError, FileNotFoundError, BackendError, RunFailed) as e:
         _fail(str(e), code=1)
     except KeyboardInterrupt:  # Ctrl-C: nothing half-written; replies received so far are in the cache
         _fail("interrupted: no output written; replies received so far are cached, run again to resume", code=130)
@@ -157,7 +126,7 @@ def validate(recipe: RecipeArg, set_: SetOpt = None) -> None:
 @app.command()
 def render(
     recipe: RecipeArg,
-    step: Annotated[str, typer.Option(help="Name of a generate step.")],
+    step: Annotated[str, typer.Option(help="Name of a step that sends prompts (generate).")],
     row: Annotated[int, typer.Option(help="Index of the source row.")] = 0,
     set_: SetOpt = None,
 ) -> None:
@@ -222,15 +191,15 @@ def inspect(
     examples: Annotated[int, typer.Option(help="How many training rows to print.")] = 3,
 ) -> None:
     """Print an output's summary: rows per step, drops by rule, lengths and scores, examples."""
-    from synth.inspect import inspect_output
-    from synth.report_md import write_report
+    from synth.report.terminal import inspect_output
+    from synth.report.markdown import write_report
 
     if report:
         _checked(lambda: write_report(output))
     _checked(lambda: inspect_output(output, console, examples))
 
 
-from synth.mine_cli import mine_command  # noqa: E402  (typer only; heavy imports stay inside)
+from synth.mining.cli import mine_command  # noqa: E402  (typer only; heavy imports stay inside)
 
 app.command("mine")(mine_command)
 

@@ -1,20 +1,24 @@
 """Embedders: texts -> L2-normalised float32 vectors, with query/document prompts.
 
-The sentence-transformers implementation is the only one for now; the protocol keeps the mining
-code free of model details so other embedders (an API, an ONNX model) slot in later.
+The protocol keeps the mining code free of model details. The embedder's model name picks the
+class (`EMBEDDERS`): `hashing` / `hashing-<dim>` is `HashingEmbedder`, a tiny deterministic
+feature-hashing embedder with no model to load, so users can check a recipe's mining plumbing
+for free and unit tests run in milliseconds; every other name is a sentence-transformers model.
+Adding an embedder = a class with `identity(spec)` and `embed(...)`, and one line in `EMBEDDERS`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import re
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from synth.cache import open_sqlite
+from synth.cache import EmbeddingCache
 from synth.faults import crash_point
 from synth.models import folder_fingerprint, resolve_model
 
@@ -29,20 +33,20 @@ class Embedder(Protocol):
         ...
 
 
-def embedder_model_id(spec: Any) -> str:
-    """Model name plus a content fingerprint for local folders, so caches notice retrained weights."""
-    local = Path(resolve_model(spec.model))
-    return spec.model + (f"@{folder_fingerprint(local)}" if local.is_dir() else "")
-
-
 class SentenceTransformerEmbedder:
     """sentence-transformers model; texts are sorted by length so batches pad little."""
+
+    @staticmethod
+    def identity(spec: Any) -> str:
+        """Model name plus a content fingerprint for local folders, so caches notice retrained weights."""
+        local = Path(resolve_model(spec.model))
+        return spec.model + (f"@{folder_fingerprint(local)}" if local.is_dir() else "")
 
     def __init__(self, spec: Any) -> None:
         from sentence_transformers import SentenceTransformer
 
         self.spec = spec
-        self.model_id = embedder_model_id(spec)
+        self.model_id = self.identity(spec)
         self.model = SentenceTransformer(resolve_model(spec.model), device=spec.device)
 
     def embed(self, texts: Sequence[str], *, role: Role, progress: Callable[[int], None] | None = None) -> np.ndarray:
@@ -68,57 +72,87 @@ class SentenceTransformerEmbedder:
         return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
-class EmbeddingCache:
-    """Vectors on disk (sqlite, float32 blobs) keyed by model + prompt + normalisation + text hash.
+HASHING_NAME = re.compile(r"hashing(?:-(\d+))?")
+HASHING_DEFAULT_DIM = 256
+HASHING_VERSION = "1"  # bump when the features change: it is part of the model id (embedding cache keys)
 
-    Re-mining with new margins, or resuming after a crash, re-embeds nothing already embedded.
+
+@lru_cache(maxsize=1 << 16)
+def _feature_hash(feature: str) -> int:
+    return int.from_bytes(hashlib.blake2b(feature.encode(), digest_size=8).digest(), "little")
+
+
+class HashingEmbedder:
+    """Feature hashing of word unigrams and bigrams into `dim` signed buckets, L2-normalised.
+
+    Deterministic across processes and machines (blake2b, not Python's salted hash), nothing to
+    load, ~10k short texts a second. Texts sharing words score higher than unrelated texts, which
+    is all mining needs to exercise its windows, margins and formats. The role's prompt is put
+    before the text, as sentence-transformers does, so prompts change the vectors here too.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.hits = 0
-        self.misses = 0
-        self.conn = open_sqlite(
-            self.path,
-            "CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, dim INTEGER NOT NULL, data BLOB NOT NULL)",
-            "embedding cache",
-        )
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+        self.dim = self.dimension(spec.model)
+        self.model_id = self.identity(spec)
 
     @staticmethod
-    def key(model_id: str, prompt: str | None, text: str) -> str:
-        payload = json.dumps([model_id, prompt, "l2", text], ensure_ascii=False)
-        return hashlib.sha256(payload.encode()).hexdigest()
+    def dimension(model: str) -> int:
+        match = HASHING_NAME.fullmatch(model)
+        dim = int(match.group(1)) if match and match.group(1) else HASHING_DEFAULT_DIM
+        if not match or not 8 <= dim <= 65536:
+            raise ValueError(
+                f"hashing embedder name must be hashing or hashing-<dim>, 8 <= dim <= 65536; got {model!r}"
+            )
+        return dim
 
-    def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
-        found: dict[str, np.ndarray] = {}
-        unique = list(dict.fromkeys(keys))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for key, dim, data in self.conn.execute(
-                f"SELECT key, dim, data FROM vectors WHERE key IN ({marks})", chunk
-            ):
-                if len(data) == 4 * dim:  # a damaged row is a miss and gets redone
-                    found[key] = np.frombuffer(data, dtype=np.float32)
-        self.hits += sum(1 for k in keys if k in found)
-        self.misses += sum(1 for k in keys if k not in found)
-        return found
+    @staticmethod
+    def identity(spec: Any) -> str:
+        return f"hashing-{HashingEmbedder.dimension(spec.model)}@v{HASHING_VERSION}"
 
-    def put_many(self, items: Sequence[tuple[str, np.ndarray]]) -> None:
-        rows = [(k, int(v.shape[0]), np.asarray(v, dtype=np.float32).tobytes()) for k, v in items]
-        with self.conn:
-            self.conn.execute("BEGIN")
-            self.conn.executemany("INSERT OR REPLACE INTO vectors (key, dim, data) VALUES (?, ?, ?)", rows)
+    def vector(self, text: str) -> np.ndarray:
+        words = re.findall(r"\w+", text.casefold())
+        features = words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)] or ["\0empty"]
+        out = np.zeros(self.dim, dtype=np.float32)
+        for feature in features:
+            h = _feature_hash(feature)
+            out[h % self.dim] += 1.0 if h >> 63 else -1.0
+        norm = float(np.linalg.norm(out))
+        if norm == 0.0:  # every feature cancelled out: fall back to one fixed direction
+            out[_feature_hash(text) % self.dim] = 1.0
+            return out
+        return out / norm
 
-    def stats(self) -> dict[str, Any]:
-        count, size = self.conn.execute("SELECT count(*), coalesce(sum(length(data)), 0) FROM vectors").fetchone()
-        return {"path": str(self.path), "vectors": count, "bytes": size}
+    def embed(self, texts: Sequence[str], *, role: Role, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        prompt = (self.spec.query_prompt if role == "query" else self.spec.document_prompt) or ""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        size = max(1, getattr(self.spec, "batch_size", 64))
+        for start in range(0, len(texts), size):
+            for i in range(start, min(start + size, len(texts))):
+                out[i] = self.vector(prompt + texts[i])
+            if progress:
+                progress(min(size, len(texts) - start))
+        return out
 
-    def clear(self) -> int:
-        removed = self.conn.execute("DELETE FROM vectors").rowcount
-        self.conn.execute("VACUUM")
-        return removed
+
+# The one place an embedder is registered: model-name pattern -> class; any other name is
+# a sentence-transformers model (alias, local folder or hub id).
+EMBEDDERS: tuple[tuple[re.Pattern[str], type[Any]], ...] = ((HASHING_NAME, HashingEmbedder),)
+
+
+def embedder_class(model: str) -> type[Any]:
+    """The class that serves the embedder model name `model`."""
+    return next((cls for pattern, cls in EMBEDDERS if pattern.fullmatch(model)), SentenceTransformerEmbedder)
+
+
+def embedder_model_id(spec: Any) -> str:
+    """Id of the embedder a recipe names (embedding-cache keys), without loading any model."""
+    return embedder_class(spec.model).identity(spec)
+
+
+def make_embedder(spec: Any) -> Embedder:
+    """Build the embedder a recipe's `embedder` section names (loads the model)."""
+    return embedder_class(spec.model)(spec)
 
 
 class CachedEmbedder:

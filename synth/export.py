@@ -6,15 +6,26 @@ it as it is. Everything else sits beside it: `details/` (all columns: provenance
 `dropped.jsonl` and `dropped/` (every removed row with its step, rule, reason and evidence), the
 card `README.md`, the resolved recipe, `summary.json`, the report (`report.md`, `report.html`,
 `plots/`) and any `train.jsonl` / `train.parquet` asked for.
+
+synth never destroys a folder it did not write. Every output carries a marker file
+(`.synth-output`, JSON: tool, version, created, the names synth wrote); only a folder with that
+marker and nothing else in it, or an empty folder, is ever replaced. An output may not be, hold or
+lie inside an input, nor be the working directory or one of its parents. A lock file next to the
+output keeps two runs from writing it at once, and temporary folders carry their writer's pid so
+that a run only ever removes the leftovers of a dead one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +108,207 @@ def _training_dataset(train: Sequence[Row]) -> Any:
     )
 
 
+MARKER = ".synth-output"
+_NOT_IN_NAME = set('/\\:*?"<>|') | {chr(c) for c in range(32)} | {chr(127)}
+
+
+# Files `datasets` itself writes next to a loaded dataset (`.map`/`.filter` caches): derived, safe to replace.
+_DERIVED = re.compile(r"cache-[0-9a-z_]+\.arrow")
+
+
+class OutputError(ValueError):
+    """An output synth must not write: one line that names the folder and says why."""
+
+
+def plain_name(value: str) -> str:
+    """`value` if it is one plain folder name (a recipe `name` becomes `outputs/<name>`), else ValueError.
+
+    Refused: empty, `.`/`..`, a separator or a character Windows forbids, a leading `.`, `-` or
+    `~` (hidden, option-like, home-like), surrounding spaces, or longer than 200 bytes.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"must be a plain folder name, got {type(value).__name__}")
+    bad = sorted({c for c in value if c in _NOT_IN_NAME})
+    if (
+        not value
+        or bad
+        or value != value.strip()
+        or value[0] in ".-~"
+        or value.endswith(".")
+        or len(value.encode("utf-8")) > 200
+    ):
+        shown = f"; {', '.join(repr(c) for c in bad)} not allowed" if bad else ""
+        raise ValueError(
+            f"must be a plain folder name (no '/', '\\', '..', no leading '.', '-' or '~'), got {value!r}{shown}"
+        )
+    return value
+
+
+def _resolved(path: Path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _inside(inner: Path, outer: Path) -> bool:
+    """`inner` lies strictly inside `outer` (both resolved)."""
+    return outer in inner.parents
+
+
+def _read_marker(folder: Path) -> dict[str, Any] | None:
+    """The marker of a folder synth wrote; None when missing, a link, unreadable or not synth's."""
+    marker = folder / MARKER
+    try:
+        if marker.is_symlink() or not marker.is_file() or marker.stat().st_size > 1_000_000:
+            return None
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("tool") != "synth" or not isinstance(data.get("files"), list):
+        return None
+    return data
+
+
+def _check_replaceable(target: Path, shown: Path) -> None:
+    """`target` may be replaced: missing, an empty folder, or a folder synth wrote holding only synth's files."""
+    if not target.exists() and not target.is_symlink():
+        return
+    if not target.is_dir():
+        raise OutputError(f"output {shown} exists and is not a folder; choose another --output")
+    try:
+        names = sorted(p.name for p in target.iterdir())
+    except OSError as e:
+        raise OutputError(f"output {shown} cannot be read ({e.strerror or e}); choose another --output") from None
+    if not names:
+        return
+    marker = _read_marker(target)
+    if marker is None:
+        raise OutputError(
+            f"output {shown} is not empty and was not written by synth (no {MARKER} file): refusing to replace it; "
+            "choose another --output or an empty folder"
+        )
+    foreign = [n for n in names if n != MARKER and n not in marker["files"] and not _DERIVED.fullmatch(n)]
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise OutputError(
+            f"output {shown} holds files synth did not write ({', '.join(foreign[:3])}{more}): refusing to replace it; "
+            "move them out or choose another --output"
+        )
+
+
+def check_output_dir(out: Path, inputs: Sequence[Path] = ()) -> None:
+    """Raise OutputError unless synth may (re)place its output at `out`; call it before any model loads.
+
+    Refused: the working directory or a parent of it; an input, a folder holding an input, or a
+    folder inside an input folder; a folder inside another synth output (its next run would delete
+    it); a file; a non-empty folder without synth's marker, or with files synth did not write.
+    """
+    target = _resolved(out)
+    cwd = Path.cwd().resolve()
+    if target == cwd or _inside(cwd, target):
+        raise OutputError(f"output {out} is the working directory or one of its parents; choose another --output")
+    for given in inputs:
+        source = _resolved(given)
+        if target == source:
+            raise OutputError(f"output {out} is the input {given}; choose another --output")
+        if _inside(source, target):
+            raise OutputError(f"output {out} holds the input {given}: replacing it would delete the input")
+        if source.is_dir() and _inside(target, source):
+            raise OutputError(f"output {out} lies inside the input folder {given}; choose a folder outside it")
+    for parent in target.parents:
+        if _read_marker(parent) is not None:
+            raise OutputError(f"output {out} lies inside the synth output {parent}, which its next run would replace")
+        if parent.exists() and not parent.is_dir():
+            raise OutputError(f"output {out} cannot be created: {parent} is a file")
+    _check_replaceable(target, Path(out))
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0 or pid == os.getpid():
+        return True  # never judged dead: our own, or not a real pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
+
+
+_HELD: dict[tuple[Path, int], int] = {}  # (output, thread) -> depth: the runner's lock covers write_output's
+
+
+@contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold the output's lock (`.<name>.synth-lock` next to it); a second run refuses with one line.
+
+    Re-entrant in one thread, so a runner can hold it for a whole run and write_output take it again.
+    """
+    target = _resolved(out)
+    key = (target, threading.get_ident())
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"output {out} cannot be created ({e.strerror or e})") from None
+    path = target.with_name(f".{target.name}.synth-lock")
+    fd = _acquire(path, out)
+    _HELD[key] = 1
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        try:
+            path.unlink(missing_ok=True)  # while still holding it: a waiter re-checks the inode
+        finally:
+            os.close(fd)
+
+
+def _acquire(path: Path, out: Path) -> int:
+    """flock a lock file that is still the one at `path` (a releasing run unlinks it), and write our pid."""
+    import fcntl
+
+    for _ in range(20):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise OutputError(f"output {out} cannot be locked: {path} ({e.strerror or e})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputError(
+                f"output {out} is being written by another synth run (pid {holder}); wait for it or choose another --output"
+            ) from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)  # the file we locked was unlinked by the run that released it: try the new one
+    raise OutputError(f"output {out} cannot be locked: {path} keeps changing")
+
+
+def _marker(folder: Path) -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        synth_version = version("synth")
+    except PackageNotFoundError:
+        synth_version = "unknown"
+    files = sorted(p.name for p in folder.iterdir() if p.name != MARKER)
+    data = {"tool": "synth", "version": synth_version, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": files}
+    (folder / MARKER).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
 def write_output(
     out_dir: Path,
     rows: Sequence[Row],
@@ -110,55 +322,80 @@ def write_output(
     summary: dict[str, Any],
     extras: Callable[[Path], None] | None = None,
     negative_columns: Sequence[str] = (),
+    inputs: Sequence[Path] = (),
 ) -> Path:
     """Write everything into a temp folder next to `out_dir`, then swap it in with renames.
 
+    Refuses (OutputError) every output check_output_dir refuses, again under the output's lock.
     `extras(folder)` runs last, on the complete temp folder (report, plots), before the swap.
     """
     from datasets import Dataset
 
     train = training_rows(rows, anchor, positive, negative_columns)
-    out_dir = out_dir.resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temp_folders(out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        _training_dataset(train).save_to_disk(str(tmp), num_shards=1)
-        crash_point("export")
-        if rows:
-            Dataset.from_list(_details_rows(rows)).save_to_disk(str(tmp / "details"))
-        write_jsonl(tmp / "dropped.jsonl", dropped)
-        dropped_dataset(dropped).save_to_disk(str(tmp / "dropped"), num_shards=1)  # 1 shard: empty stays loadable
-        if "jsonl" in formats:
-            write_jsonl(tmp / "train.jsonl", train)
-        if "parquet" in formats:
-            Dataset.from_list(train).to_parquet(str(tmp / "train.parquet"))
-        (tmp / "README.md").write_text(card, encoding="utf-8")
-        (tmp / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
-        (tmp / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2), encoding="utf-8")
-        if extras is not None:
-            extras(tmp)
-        _swap_in(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    check_output_dir(out_dir, inputs)
+    shown, out_dir = Path(out_dir), _resolved(out_dir)
+    with output_lock(shown):
+        check_output_dir(shown, inputs)  # again: the folder may have changed before we held the lock
+        _remove_stale_temp_folders(out_dir)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
+        try:
+            _training_dataset(train).save_to_disk(str(tmp), num_shards=1)
+            crash_point("export")
+            if rows:
+                Dataset.from_list(_details_rows(rows)).save_to_disk(str(tmp / "details"))
+            write_jsonl(tmp / "dropped.jsonl", dropped)
+            dropped_dataset(dropped).save_to_disk(str(tmp / "dropped"), num_shards=1)  # 1 shard: empty stays loadable
+            if "jsonl" in formats:
+                write_jsonl(tmp / "train.jsonl", train)
+            if "parquet" in formats:
+                Dataset.from_list(train).to_parquet(str(tmp / "train.parquet"))
+            (tmp / "README.md").write_text(card, encoding="utf-8")
+            (tmp / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
+            (tmp / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2), encoding="utf-8")
+            if extras is not None:
+                extras(tmp)
+            _marker(tmp)
+            _swap_in(tmp, out_dir, shown)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return out_dir
 
 
 def _remove_stale_temp_folders(out_dir: Path) -> None:
-    """Half-written folders of a killed export (never visible as the output) are removed, not reused."""
-    for pattern in (f".{out_dir.name}.tmp-*", f".{out_dir.name}.old-*"):
-        for stale in out_dir.parent.glob(pattern):
-            shutil.rmtree(stale, ignore_errors=True)
+    """Half-written folders of a killed export of this output are removed, never reused.
+
+    Only names synth gives (`.<name>.tmp-<pid>-<random>`, `.<name>.old-<pid>-<random>`), and
+    only when that pid is no longer running: a live run's temporary folder is never touched.
+    """
+    pattern = re.compile(rf"\.{re.escape(out_dir.name)}\.(?:tmp|old)-(\d+)-[a-z0-9_]+")
+    for entry in out_dir.parent.iterdir():
+        found = pattern.fullmatch(entry.name)
+        if found and entry.is_dir() and not entry.is_symlink() and not _alive(int(found.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
 
 
-def _swap_in(tmp: Path, out_dir: Path) -> None:
-    """Replace `out_dir` by `tmp`: the old folder is renamed aside first, removed only after."""
+def _swap_in(tmp: Path, out_dir: Path, shown: Path) -> None:
+    """Replace `out_dir` by `tmp`: the old folder (checked once more) is renamed aside first, removed only after.
+
+    What was moved aside is checked again, so a file dropped in at the last moment sends it back
+    untouched; if the new folder cannot be put in place, the old one is put back.
+    """
+    _check_replaceable(out_dir, shown)
     old = None
     if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        out_dir.rename(old)
-    tmp.rename(out_dir)
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-{os.getpid()}-", dir=out_dir.parent))
+        os.replace(out_dir, old)  # onto the empty placeholder folder: an atomic rename
+        try:
+            _check_replaceable(old, shown)
+        except OutputError:
+            os.replace(old, out_dir)
+            raise
+    try:
+        tmp.rename(out_dir)
+    except OSError:
+        if old is not None:
+            os.replace(old, out_dir)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

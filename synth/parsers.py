@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from synth.backends import Completion
 
 ParserKind = Literal["text", "lines", "json", "regex"]
 
@@ -194,3 +198,31 @@ def parse_reply(
         raise ValueError(f"unknown parser kind {kind!r}; expected one of {list(_PARSERS)}")
     values = parser(text, schema, pattern)
     return values[:max_items] if max_items is not None else values
+
+
+_ANSWER_STRIP = " \t\n.,:;!?\"'*_()[]"
+
+
+def yes_probability(completion: Completion, yes: Sequence[str] = ("yes",), no: Sequence[str] = ("no",)) -> float | None:
+    """P(yes) / (P(yes) + P(no)) over the first generated token's top log-probabilities.
+
+    The one yes/no scorer (LLM-judge filter and mining rescorer). None means unscorable: the
+    request failed, there are no log-probabilities, or neither answer is among the candidates.
+    Callers must never treat None as a pass (a judge drops the row, a rescorer counts it).
+    Why log-probabilities: a one-token greedy reply is a coin with no edge; the probability
+    ratio is a score that can be thresholded for the price of one generated token.
+    """
+    if completion.error is not None or not completion.logprobs or not completion.logprobs[0]:
+        return None
+    yes_set = {w.casefold() for w in yes}
+    no_set = {w.casefold() for w in no}
+    p_y = p_n = 0.0
+    for token, logprob in completion.logprobs[0][0].items():
+        word = token.strip(_ANSWER_STRIP).casefold()
+        if word in yes_set:
+            p_y += math.exp(logprob)
+        elif word in no_set:
+            p_n += math.exp(logprob)
+    if p_y + p_n == 0.0:
+        return None
+    return p_y / (p_y + p_n)

@@ -56,3 +56,31 @@ def write_recipe(folder: Path, text: str, name: str = "recipe.yaml") -> Path:
     path = folder / name
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def make_ctx(
+    documents: list[dict] | None = None,
+    *,
+    llm: object = None,
+    embedder: object = None,
+    sampling: object = None,
+    cache: object = None,
+    prompts: object = None,
+) -> object:
+    """A StepContext whose default LLM/embedder are the given, already-built models (any name maps to them)."""
+    from synth.llm import CachedLLM
+    from synth.prompts import PromptLibrary
+    from synth.recipe import LLMSpec, SamplingSpec
+    from synth.steps.base import StepContext
+
+    def no_model(name: str | None = None) -> object:
+        raise AssertionError("this test must not need a model")
+
+    spec = LLMSpec(sampling=sampling or SamplingSpec())
+    cached = CachedLLM("default", spec, cache, backend=llm) if llm is not None else None  # type: ignore[arg-type]
+    return StepContext(
+        prompts=prompts or PromptLibrary(None),  # type: ignore[arg-type]
+        documents=documents or [],
+        llm=(lambda name=None: cached) if cached is not None else no_model,  # type: ignore[arg-type,misc]
+        embedder=(lambda name=None: embedder) if embedder is not None else no_model,  # type: ignore[arg-type,misc]
+    )

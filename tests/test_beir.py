@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synth.beir import exact_search, load_beir, retrieval_metrics
+from synth.eval.beir import load_beir
+from synth.eval.metrics import exact_search, retrieval_metrics
 
 
 def test_metrics_on_a_hand_computed_ranking() -> None:

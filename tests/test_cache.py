@@ -10,7 +10,8 @@ import pytest
 
 from synth.backends import Completion, SamplingParams
 from synth.cache import RequestCache, request_key
-from synth.embedders import CachedEmbedder, EmbeddingCache
+from synth.cache import EmbeddingCache
+from synth.embedders import CachedEmbedder
 
 MESSAGES = [{"role": "user", "content": "Write a query."}]
 

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 
 from synth.dedup import find_duplicates, same_words
-from synth.filter_spec import FilterSpec
-from synth.prompts import PromptLibrary
-from synth.recipe import RecipeError, load_recipe, step_spec
-from synth.steps import StepContext
-from synth.steps.filters import FilterStep, copy_scores, script_share
-from synth.steps.judge import p_yes
-from tests.conftest import write_recipe
+from synth.backends import Completion
+from synth.parsers import yes_probability
+from synth.recipe import RecipeError, load_recipe
+from synth.steps.base import StepContext
+from synth.steps.filter import FilterStep, copy_scores, script_share
+from synth.steps.filter_spec import FilterSpec
+from tests.conftest import make_ctx, write_recipe
 
 PASSAGE = (
     "The json module encodes and decodes JSON, a lightweight data interchange format. "
@@ -24,12 +24,12 @@ PASSAGE = (
 )
 
 
-def no_model() -> Any:
-    raise AssertionError("this rule must not load a model")
+def ctx(documents: list[dict[str, Any]] | None = None, llm: Any = None, embedder: Any = None) -> StepContext:
+    return make_ctx(documents, llm=llm, embedder=embedder)  # type: ignore[return-value]
 
 
-def ctx(documents: list[dict[str, Any]] | None = None, llm: Any = no_model, embedder: Any = no_model) -> StepContext:
-    return StepContext(prompts=PromptLibrary(), documents=documents or [], llm=llm, embedder=embedder)
+def p_yes(top: dict[str, float], yes: list[str], no: list[str]) -> float | None:
+    return yes_probability(Completion(texts=["x"], logprobs=[[top]]), yes, no)
 
 
 def run(rules: list[dict[str, Any]], rows: list[dict[str, Any]], context: StepContext | None = None):  # type: ignore[no-untyped-def]
@@ -192,7 +192,7 @@ def test_recipe_accepts_a_filter_step_and_reports_bad_rules_with_their_path(tmp_
     head = "source: {path: docs.jsonl}\nsteps:\n  - generate: {name: q, template: query.j2, output: query}\n"
     good = head + "  - filter: {rules: [{rule: length, max_chars: 200}, {rule: dedup}, {rule: judge}]}\n"
     recipe, _ = load_recipe(write_recipe(tmp_path, good))
-    spec = step_spec(recipe.steps[1])
+    spec = recipe.steps[1].spec
     assert isinstance(spec, FilterSpec) and [r.label for r in spec.rules] == ["length", "dedup", "judge"]
     for bad, message in [
         ("[{rule: dedupe}]", r"steps\[1\]\.filter\.rules\[0\]: .*'dedupe'.*'judge'"),
@@ -219,19 +219,17 @@ def test_roundtrip_keeps_queries_that_retrieve_their_own_passage(embedder: Any) 
         {"query": "open a tcp connection", "source_id": "heapq", "text": docs[2]["text"]},  # wrong passage
         {"query": "anything", "source_id": "missing", "text": "not in the corpus"},
     ]
-    result = run([{"rule": "roundtrip", "top_k": 1}], rows, ctx(docs, embedder=lambda: embedder))
+    result = run([{"rule": "roundtrip", "top_k": 1}], rows, ctx(docs, embedder=embedder))
     assert kept(result) == ["encode python objects as json", "open a tcp connection"]
     assert [r["roundtrip_rank"] for r in result.rows] == [1, 1]
     miss, missing = result.dropped
     assert miss["reason"] == "roundtrip_miss" and miss["rank"] > 1 and miss["top_document"] == "socket"
     assert miss["top_score"] > miss["positive_score"]
     assert missing["reason"] == "positive_not_in_corpus"
-    loose = run([{"rule": "roundtrip", "top_k": 4}], rows[2:3], ctx(docs, embedder=lambda: embedder))
+    loose = run([{"rule": "roundtrip", "top_k": 4}], rows[2:3], ctx(docs, embedder=embedder))
     assert len(loose.rows) == 1
     # corpus: positives ranks against the rows' unique positive texts instead of the source documents
-    positives = run(
-        [{"rule": "roundtrip", "top_k": 1, "corpus": "positives"}], rows[:3], ctx(embedder=lambda: embedder)
-    )
+    positives = run([{"rule": "roundtrip", "top_k": 1, "corpus": "positives"}], rows[:3], ctx(embedder=embedder))
     assert kept(positives) == ["encode python objects as json", "open a tcp connection"]
     assert positives.dropped[0]["top_document"].startswith("Low-level networking")
 
@@ -247,9 +245,9 @@ def test_judge_scores_rows_with_the_real_llm_and_never_passes_an_unscored_reply(
         {"query": "how do I encode python objects as json", "text": PASSAGE},
         {"query": "what is the boiling point of water at sea level", "text": PASSAGE},
     ]
-    context = ctx(llm=lambda: vllm_backend)
+    context = ctx(llm=vllm_backend)
     scored = run([{"rule": "judge", "threshold": 0.0}], rows, context)
-    assert len(scored.rows) == 2 and scored.requests == 2 and scored.prompt_tokens > 0
+    assert len(scored.rows) == 2 and scored.usage.requests == 2 and scored.usage.prompt_tokens > 0
     relevant, irrelevant = (r["judge_score"] for r in scored.rows)
     assert 0.0 <= irrelevant < relevant <= 1.0, (relevant, irrelevant)
     strict = run([{"rule": "judge", "threshold": (relevant + irrelevant) / 2}], rows, context)
@@ -313,17 +311,24 @@ def test_judge_replies_come_from_the_request_cache_on_a_rerun(vllm_backend: Any,
 
     rows = [{"query": "how do I encode python objects as json", "text": PASSAGE}]
     cache = RequestCache(tmp_path / "requests.sqlite")
-    context = StepContext(
-        prompts=PromptLibrary(),
-        documents=[],
-        llm=lambda: vllm_backend,
-        embedder=no_model,
-        cache=cache,
-        llm_identity=(vllm_backend.kind, vllm_backend.model_id),
-    )
-    first = run([{"rule": "judge", "threshold": 0.0}], rows, context)
-    context.llm = no_model  # a second run must not need the LLM at all
-    second = run([{"rule": "judge", "threshold": 0.0}], rows, context)
-    assert (first.requests, first.cache_hits) == (1, 0) and (second.requests, second.cache_hits) == (0, 1)
+    context = make_ctx(llm=vllm_backend, cache=cache)
+    first = run([{"rule": "judge", "threshold": 0.0}], rows, context)  # type: ignore[arg-type]
+    context = make_ctx(llm=NoEngine(vllm_backend), cache=cache)  # a second run must not need the LLM at all
+    second = run([{"rule": "judge", "threshold": 0.0}], rows, context)  # type: ignore[arg-type]
+    assert (first.usage.requests, first.usage.cache_hits) == (1, 0)
+    assert (second.usage.requests, second.usage.cache_hits) == (0, 1)
     assert second.rows[0]["judge_score"] == first.rows[0]["judge_score"]
     cache.close()
+
+
+class NoEngine:
+    """A backend with the real one's identity that fails if asked anything: proves a run needed no LLM."""
+
+    def __init__(self, real: Any) -> None:
+        self.kind, self.model_id = real.kind, real.model_id
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("this run must be served from the cache")
+
+    def close(self) -> None:
+        pass

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from synth.prompts import PromptLibrary
-from synth.recipe import GenerateSpec, SamplingSpec
-from synth.steps import StepContext
-from synth.steps.generate import GenerateStep
+from synth.recipe import SamplingSpec
+from synth.steps.generate import GenerateSpec, GenerateStep
+from tests.conftest import make_ctx
 
 DOCS = [
     {"id": "tea", "text": "Green tea is made from unoxidised leaves and contains less caffeine than coffee."},
@@ -14,20 +13,20 @@ DOCS = [
 
 
 def run(spec: GenerateSpec, backend, sampling: SamplingSpec | None = None):  # type: ignore[no-untyped-def]
-    ctx = StepContext(prompts=PromptLibrary(None), documents=DOCS, llm=lambda: backend, embedder=lambda: None)  # type: ignore[arg-type,return-value]
+    ctx = make_ctx(DOCS, llm=backend, sampling=sampling or SamplingSpec(max_tokens=48, stop=["\n"]))
     rows = [dict(d, source_id=d["id"]) for d in DOCS]
-    return GenerateStep(spec, sampling or SamplingSpec(max_tokens=48, stop=["\n"])).__call__(rows, ctx)
+    return GenerateStep(spec)(rows, ctx)  # type: ignore[arg-type]
 
 
 def test_n_samples_explode_into_rows_that_keep_the_source_id(vllm_backend) -> None:  # type: ignore[no-untyped-def]
     spec = GenerateSpec(name="para", template="paraphrase.j2", output="paraphrase", sampling={"n": 3})
     result = run(spec, vllm_backend)
-    assert result.requests == 2
+    assert result.usage.requests == 2
     assert len(result.rows) + len(result.dropped) == 6
     for row in result.rows:
         assert row["source_id"] in ("tea", "moon") and row["paraphrase"].strip()
         assert row["para_sample"] in (0, 1, 2) and len(row["para_template"]) == 16
-    assert result.completion_tokens > 0
+    assert result.usage.completion_tokens > 0
 
 
 def test_guided_json_always_parses_and_list_replies_explode(vllm_backend) -> None:  # type: ignore[no-untyped-def]
@@ -53,7 +52,7 @@ def test_unparseable_replies_are_kept_aside_with_raw_text_and_reason(vllm_backen
 def test_each_fans_out_prompts_and_records_the_value(vllm_backend) -> None:  # type: ignore[no-untyped-def]
     spec = GenerateSpec(name="q", template="query.j2", output="query", each={"style": ["question", "claim"]})
     result = run(spec, vllm_backend)
-    assert result.requests == 4
+    assert result.usage.requests == 4
     assert {(r["source_id"], r["style"]) for r in result.rows} <= {
         ("tea", "question"),
         ("tea", "claim"),

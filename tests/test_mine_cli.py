@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from synth.mine_api import mine_dataset
-from synth.mining import MiningParams
+from synth.mining.api import mine_dataset
+from synth.mining.rescore import CrossEncoderRescorer
+from synth.mining.spec import MiningParams
 from synth.models import resolve_model
-from synth.rescore import CrossEncoderRescorer
 from tests.test_mine_parity import docstring_pairs
 
 
@@ -63,3 +63,16 @@ def test_cross_encoder_rescoring_picks_by_its_scores(embedder: object) -> None:
         assert m.teachers["cross_encoder"][len(m.positives) :] == m.negative_scores
         changed += m.negatives != p.negatives
     assert changed > 0  # rescoring changed the outcome on real data
+
+
+def test_synth_mine_bad_options_fail_in_one_line_before_any_model(tmp_path: Path) -> None:
+    """The options build the recipe step's MineSpec: the same checks, one line each, exit 2, nothing written."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "synth.cli", "mine", str(tmp_path / "none.jsonl"), "-o", str(out)]
+    done = subprocess.run([*cmd, "--relative-margin", "1.5"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip() == "error: --relative-margin: must be in [0, 1)"
+    done = subprocess.run([*cmd, "--range-min", "5", "--range-max", "3"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "range_max must be > range_min" in done.stderr
+    done = subprocess.run([*cmd, "--format", "quad"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("error: --format") and len(done.stderr.splitlines()) == 1
+    assert not out.exists()

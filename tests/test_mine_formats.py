@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synth.formats import FormatOptions, write_beir
-from synth.mine_api import mine_dataset, write_formats
-from synth.mine_engine import Guards
-from synth.mining import MiningParams
-from synth.rescore import fuse_mean, fuse_rrf, yes_probability
+from synth.backends import Completion
+from synth.mining.api import mine_dataset
+from synth.mining.formats import FORMATS, ROW_FORMATS, FormatOptions, write_beir, write_formats
+from synth.mining.rescore import fuse_mean, fuse_rrf
+from synth.mining.spec import FORMAT_NAMES, Guards, MiningParams
+from synth.parsers import yes_probability
 
 DOCS = {
     "alpha one": [1, 0, 0],
@@ -61,7 +62,7 @@ class TableRescorer:
     def __init__(self, table: dict[tuple[str, str], float], name: str = "table") -> None:
         self.table, self.name = table, name
 
-    def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+    def score(self, pairs: Sequence[tuple[str, str]], advance: object = None) -> np.ndarray:
         return np.array([self.table.get(p, 0.0) for p in pairs])
 
 
@@ -143,9 +144,10 @@ def test_fuse_mean_of_zscores() -> None:
 
 
 def test_yes_probability_from_logprobs() -> None:
+    """The one yes/no scorer the LLM rescorer uses; no yes/no among the candidates is None, never 0.5."""
     lp = {" yes": np.log(0.6), "Yes": np.log(0.1), " no": np.log(0.3), "maybe": np.log(0.5)}
-    assert yes_probability(lp) == pytest.approx(0.7)
-    assert yes_probability({"x": 0.0}) == 0.5
+    assert yes_probability(Completion(texts=["yes"], logprobs=[[lp]])) == pytest.approx(0.7)
+    assert yes_probability(Completion(texts=["x"], logprobs=[[{"x": 0.0}]])) is None
 
 
 # --- formats: rows worked out from the table above (num_negatives=2) ----------------------------
@@ -236,7 +238,7 @@ def test_flagembedding_and_marginmse() -> None:
 
 def test_write_formats_and_beir(tmp_path: Path) -> None:
     out = _mine()
-    paths = write_formats(out, tmp_path, ["triplet", "beir"], FormatOptions(num_negatives=2))
+    paths = write_formats(out.result, tmp_path, ["triplet", "beir"], FormatOptions(num_negatives=2))
     assert paths == [tmp_path / "triplet.jsonl", tmp_path / "beir"]
     assert len((tmp_path / "triplet.jsonl").read_text().splitlines()) == 6
     corpus = [json.loads(x) for x in (tmp_path / "beir" / "corpus.jsonl").read_text().splitlines()]
@@ -246,7 +248,7 @@ def test_write_formats_and_beir(tmp_path: Path) -> None:
     qrels = (tmp_path / "beir" / "qrels" / "train.tsv").read_text().splitlines()
     assert qrels == ["query-id\tcorpus-id\tscore", "q0\td0\t1", "q0\td3\t1", "q1\td3\t1"]
     with pytest.raises(ValueError, match="unknown format"):
-        write_formats(out, tmp_path, ["nope"], FormatOptions())
+        write_formats(out.result, tmp_path, ["nope"], FormatOptions())
     assert write_beir(out.result, tmp_path / "b2").is_dir()
 
 
@@ -257,3 +259,7 @@ def test_mine_dataset_rejects_bad_input() -> None:
         mine_dataset([], TableEmbedder())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="fuse"):
         _mine(fuse="median")
+
+
+def test_the_spec_validates_exactly_the_formats_the_writer_writes() -> None:
+    assert FORMATS == FORMAT_NAMES and set(FORMATS) == {*ROW_FORMATS, "beir"}

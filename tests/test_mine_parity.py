@@ -12,8 +12,8 @@ import inspect
 import numpy as np
 import pytest
 
-from synth.mine_api import mine_dataset
-from synth.mining import MiningParams
+from synth.mining.api import mine_dataset
+from synth.mining.spec import MiningParams
 
 MODULES = ["json", "os.path", "shutil", "textwrap", "itertools", "functools", "collections", "string", "re"]
 EXTRA = ["pathlib", "statistics", "heapq", "difflib"]

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from datasets import load_from_disk
 
-from synth.mine_api import mine_dataset
-from synth.mining import MiningParams
+from synth.mining.api import mine_dataset
+from synth.mining.rescore import LLMJudgeRescorer
+from synth.mining.spec import MiningParams
 from synth.models import resolve_model
 from synth.prompts import PromptLibrary
 from synth.recipe import load_recipe
-from synth.rescore import LLMJudgeRescorer
 from synth.runner import run_recipe
 from tests.conftest import REPO, write_recipe
 from tests.test_mine_parity import docstring_pairs
@@ -133,6 +133,9 @@ def test_llm_judge_rescoring_on_the_real_engine(tmp_path: Path, embedder: object
         ranked = [top[j] for j in np.lexsort((np.array(top), -np.array(p)))[:2]]
         assert kept[r["query"]]["negative_ids"] == [f"d{i}" for i in ranked]
         np.testing.assert_allclose(kept[r["query"]]["negative_scores"], sorted(p, reverse=True)[:2], atol=1e-3)
-    judge = LLMJudgeRescorer(vllm_backend)  # the built-in template, straight on pairs
+    from synth.llm import CachedLLM
+    from synth.specs import LLMSpec
+
+    judge = LLMJudgeRescorer(CachedLLM("judge", LLMSpec(), backend=vllm_backend))  # built-in template, no cache
     s = judge.score([(rows[0]["query"], texts[0]), (rows[0]["query"], "Bananas are yellow.")])
-    assert s.shape == (2,) and judge.unscored == 0 and judge.requests == 2
+    assert s.shape == (2,) and judge.unscored == 0 and judge.usage.requests == 2

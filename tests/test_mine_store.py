@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from synth.mining import MiningParams, select_negatives
-from synth.vector_store import VectorFile, embed_to_file, top_k
+from synth.mining.search import VectorFile, embed_to_file, top_k
+from synth.mining.select import select_negatives
+from synth.mining.spec import MiningParams
 
 
 def _full_sort(q: np.ndarray, c: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +108,7 @@ def test_st_default_range_max() -> None:
 
 def test_streaming_top_k_with_prefilter_equals_full_sort_on_minilm(embedder: object) -> None:
     """Search-while-embedding (blocks fed in order, threshold prefilter) equals a full sort."""
-    from synth.vector_store import StreamingTopK
+    from synth.mining.search import StreamingTopK
     from tests.test_mine_parity import docstring_pairs
 
     pairs = docstring_pairs(["json", "textwrap", "shutil", "pathlib", "os"])
@@ -126,7 +127,7 @@ def test_streaming_top_k_with_prefilter_equals_full_sort_on_minilm(embedder: obj
 
 def test_faiss_candidates_get_exact_scores_and_order(tmp_path: Path, embedder: object) -> None:
     """All clusters probed: faiss equals exact search; one cluster: returned scores are still exact."""
-    from synth.vector_store import faiss_top_k
+    from synth.mining.search import faiss_top_k
     from tests.test_mine_parity import docstring_pairs
 
     pairs = docstring_pairs(["json", "textwrap", "shutil", "pathlib", "os", "inspect"])
@@ -153,7 +154,7 @@ def test_faiss_candidates_get_exact_scores_and_order(tmp_path: Path, embedder: o
 def test_streaming_top_k_exact_on_integer_scores_with_many_ties() -> None:
     """Small-integer vectors score exactly in any BLAS: heavy ties at every cut, rows that overflow
     the threshold prefilter (later blocks score higher), background worker or inline, same result."""
-    from synth.vector_store import StreamingTopK
+    from synth.mining.search import StreamingTopK
 
     rng = np.random.default_rng(3)
     q = rng.integers(0, 3, size=(37, 4)).astype(np.float32)
@@ -170,7 +171,7 @@ def test_streaming_top_k_exact_on_integer_scores_with_many_ties() -> None:
 
 
 def test_streaming_top_k_worker_error_reaches_the_caller() -> None:
-    from synth.vector_store import StreamingTopK
+    from synth.mining.search import StreamingTopK
 
     stream = StreamingTopK(np.ones((3, 4), np.float32), 2)
     stream.add(0, np.ones((5, 3), np.float32))  # wrong dimension: fails in the worker thread
@@ -187,7 +188,7 @@ def test_failed_embedding_stops_the_search_worker() -> None:
     """An embedder error mid-corpus reaches the caller and leaves no search thread behind."""
     import threading
 
-    from synth.mine_engine import run_mining
+    from synth.mining.engine import run_mining
 
     class FailsOnSecondBlock:
         model_id = "fails"

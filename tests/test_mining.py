@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 
-from synth.mining import MinedRow, MiningParams, mine, select_negatives
+from synth.mining.engine import MinedQuery, run_mining
+from synth.mining.select import select_negatives
+from synth.mining.spec import MiningParams
 
 # Score of doc i for one query; sorted descending this is: 1 (.9), 3 (.8), 2 (.7), 4 (.6), 0 (.5).
 SCORES = np.array([0.5, 0.9, 0.7, 0.8, 0.6])
@@ -223,30 +227,70 @@ EXCLUDE = [{0}, {3}, {5}]
 F = np.float32  # expected scores are float32 values, as the embeddings are
 
 
-def _mine(**kwargs: object) -> list[MinedRow]:
-    return mine(QUERIES, CORPUS, POSITIVES, EXCLUDE, MiningParams(**kwargs))  # type: ignore[arg-type]
+class VectorTable:
+    """A real Embedder whose vectors are given: text "q3" is queries[3], "d5" is docs[5], "p1" positives[1]."""
+
+    model_id = "vector-table"
+
+    def __init__(self, queries: np.ndarray, docs: np.ndarray, positives: np.ndarray | None = None) -> None:
+        self.table = {"q": queries, "d": docs, "p": positives}
+
+    def embed(self, texts: Sequence[str], *, role: str, progress: object = None) -> np.ndarray:
+        dim = self.table["q"].shape[1] if self.table["q"].ndim == 2 else len(self.table["q"])
+        if not texts:
+            return np.zeros((0, dim), np.float32)
+        if role == "query" and self.table["q"].ndim == 1:
+            return self.table["q"]  # a broken embedder (1-D), for the shape check
+        return np.stack([self.table[t[0]][int(t[1:])] for t in texts]).astype(np.float32)
 
 
-def _negatives(rows: list[MinedRow]) -> list[list[int]]:
+def mine(
+    query_emb: np.ndarray,
+    corpus_emb: np.ndarray,
+    positives: list[int] | np.ndarray,
+    exclude: list[set[int]],
+    params: MiningParams,
+) -> list[MinedQuery]:
+    """The real engine on given vectors: query i's positive is corpus doc positives[i] when an int,
+    else the vector positives[i] (a positive that is no document: embedded, never searched)."""
+    n = len(query_emb) if query_emb.ndim == 2 else 1
+    docs = [f"d{j}" for j in range(len(corpus_emb))]
+    if isinstance(positives, np.ndarray) and positives.ndim == 2:
+        embedder = VectorTable(query_emb, corpus_emb, positives)
+        corpus, groups = docs + [f"p{i}" for i in range(len(positives))], [[len(docs) + i] for i in range(n)]
+    else:
+        embedder = VectorTable(query_emb, corpus_emb)
+        corpus, groups = docs, [[int(p)] for p in positives]
+    result = run_mining(
+        [f"q{i}" for i in range(n)], groups, corpus, embedder, params, searchable=len(docs), exclude_extra=exclude
+    )
+    return result.mined
+
+
+def _mine(**kwargs: object) -> list[MinedQuery]:
+    return mine(QUERIES, CORPUS, [0, 3, 5], [set()] * 3, MiningParams(**kwargs))  # type: ignore[arg-type]
+
+
+def _negatives(rows: list[MinedQuery]) -> list[list[int]]:
     return [r.negatives for r in rows]
 
 
 def test_mine_top() -> None:
     rows = _mine(num_negatives=2)
     assert _negatives(rows) == [[1, 2], [1, 4], [2, 4]]
-    assert [r.scores for r in rows] == [
+    assert [r.negative_scores for r in rows] == [
         [float(F(0.8)), float(F(0.6))],
         [float(F(0.6)), float(F(0.6))],
         [float(F(0.8)), float(F(0.8))],
     ]
-    assert [r.positive_score for r in rows] == [1.0, float(F(0.8)), 1.0]
+    assert [r.positive_scores for r in rows] == [[1.0], [float(F(0.8))], [1.0]]
 
 
 def test_mine_relative_margin_uses_positive_embedding() -> None:
     # Thresholds: row 0 1*.7 = .7, row 1 .8*.7 = .56, row 2 .7.
     rows = _mine(num_negatives=2, relative_margin=0.3)
     assert _negatives(rows) == [[2, 3], [0, 2], [3, 0]]
-    assert [r.scores for r in rows] == [[float(F(0.6)), 0.0], [0.0, 0.0], [float(F(0.6)), 0.0]]
+    assert [r.negative_scores for r in rows] == [[float(F(0.6)), 0.0], [0.0, 0.0], [float(F(0.6)), 0.0]]
 
 
 def test_mine_range_max_with_ties_at_the_cut() -> None:
@@ -277,14 +321,14 @@ def test_mine_random_per_row_seed_and_survivors() -> None:
     survivors = [{1, 2, 3, 4, 5}, {0, 1, 2, 4, 5}, {0, 1, 2, 3, 4}]
     for row, allowed in zip(rows, survivors, strict=True):
         assert len(row.negatives) == 2 and set(row.negatives) <= allowed
-        assert row.scores == sorted(row.scores, reverse=True)
+        assert row.negative_scores == sorted(row.negative_scores, reverse=True)
     # Row i draws from default_rng([seed, i]) alone, whatever else is in the batch.
     params = MiningParams(num_negatives=2, sampling="random", seed=7)
-    shifted = mine(QUERIES[[0, 0, 2]], CORPUS, POSITIVES[[0, 0, 2]], [{0}, {0}, {5}], params)
+    shifted = mine(QUERIES[[0, 0, 2]], CORPUS, [0, 0, 5], [set(), set(), set()], params)
     assert shifted[2] == rows[2]
     row2_scores = np.array([0, 0, 0.8, 0.6, 0.8, 1], dtype=np.float32)
     expected = select_negatives(row2_scores, 1.0, {5}, params, np.random.default_rng([7, 2]))
-    assert (rows[2].negatives, rows[2].scores) == expected
+    assert (rows[2].negatives, rows[2].negative_scores) == expected
 
 
 def test_mine_chunking_and_top_k_match_full_sort_on_random_data() -> None:
@@ -304,13 +348,13 @@ def test_mine_chunking_and_top_k_match_full_sort_on_random_data() -> None:
         for run in runs[1:]:
             assert _negatives(run) == _negatives(runs[0])
             for a, b in zip(run, runs[0], strict=True):
-                np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+                np.testing.assert_allclose(a.negative_scores, b.negative_scores, rtol=1e-6)
         # Top-K path agrees with select_negatives on the full row.
         params = MiningParams(**base, sampling=sampling)
         for i, row in enumerate(runs[0]):
             full = select_negatives(
                 q[i] @ c.T,
-                row.positive_score,
+                row.positive_scores[0],
                 exclude[i],
                 params,
                 np.random.default_rng([params.seed, i]),
@@ -326,14 +370,19 @@ def test_mine_empty_corpus_and_no_queries() -> None:
 
 
 def test_mine_validates_shapes() -> None:
-    with pytest.raises(ValueError, match="positive_emb shape"):
-        mine(QUERIES, CORPUS, POSITIVES[:2], EXCLUDE, MiningParams())
-    with pytest.raises(ValueError, match="corpus_emb dim"):
-        mine(QUERIES, CORPUS[:, :2], POSITIVES, EXCLUDE, MiningParams())
-    with pytest.raises(ValueError, match="len\\(exclude\\)"):
-        mine(QUERIES, CORPUS, POSITIVES, EXCLUDE[:2], MiningParams())
+    """The engine checks what it is given and what the embedder returns, with one clear message."""
+    texts = ["d0", "d1", "d2", "d3", "d4", "d5"]
+    queries = ["q0", "q1", "q2"]
+    with pytest.raises(ValueError, match="len\\(positives\\)"):
+        run_mining(queries, [[0], [3]], texts, VectorTable(QUERIES, CORPUS), MiningParams())
+    with pytest.raises(ValueError, match="document vectors of shape \\(6, 2\\).*dim 3"):
+        run_mining(queries, [[0], [3], [5]], texts, VectorTable(QUERIES, CORPUS[:, :2]), MiningParams())
+    with pytest.raises(ValueError, match="len\\(exclude_extra\\)"):
+        run_mining(
+            queries, [[0], [3], [5]], texts, VectorTable(QUERIES, CORPUS), MiningParams(), exclude_extra=EXCLUDE[:2]
+        )
     with pytest.raises(ValueError, match="2-D"):
-        mine(QUERIES[0], CORPUS, POSITIVES, EXCLUDE, MiningParams())
+        run_mining(queries, [[0], [3], [5]], texts, VectorTable(QUERIES[0], CORPUS), MiningParams())
 
 
 # --- params -------------------------------------------------------------------------------------
@@ -374,7 +423,7 @@ def test_params_edge_values_accepted() -> None:
 
 def test_batched_windows_equal_per_row_window() -> None:
     """`windows` (all rows at once, the engine's path) gives what `window` gives row by row."""
-    from synth.mining import window, windows
+    from synth.mining.select import window, windows
 
     rng = np.random.default_rng(5)
     n, k = 40, 30

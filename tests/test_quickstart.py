@@ -8,7 +8,7 @@ import math
 import numpy as np
 from datasets import load_from_disk
 
-from synth.io import load_documents
+from synth.sources import load_documents
 from synth.recipe import load_recipe
 from tests.conftest import QUICKSTART
 

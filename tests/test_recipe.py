@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from synth.recipe import GenerateSpec, MineSpec, RecipeError, apply_override, load_recipe, step_spec
+from synth.mining.spec import MineSpec
+from synth.recipe import RecipeError, apply_override, load_recipe
+from synth.steps.generate import GenerateSpec
 from tests.conftest import QUICKSTART, write_recipe
 
 DOCS = '{"id": "a", "text": "alpha"}\n{"id": "b", "text": "beta"}\n'
@@ -29,7 +31,7 @@ def test_quickstart_recipe_loads_with_paths_relative_to_the_recipe() -> None:
     assert recipe.name == "quickstart"
     assert recipe.source.path == QUICKSTART.parent / "data" / "python_stdlib.jsonl"
     assert base == QUICKSTART.parent
-    kinds = [type(step_spec(s)).__name__ for s in recipe.steps]
+    kinds = [type(s.spec).__name__ for s in recipe.steps]
     assert kinds == ["GenerateSpec", "MineSpec"]
 
 
@@ -98,10 +100,10 @@ def test_set_overrides_are_yaml_typed_and_reach_steps() -> None:
         ["llm.sampling.temperature=0.2", "steps.1.mine_negatives.num_negatives=5", "output.formats=[parquet]"],
     )
     assert recipe.llm.sampling.temperature == 0.2
-    mine = step_spec(recipe.steps[1])
+    mine = recipe.steps[1].spec
     assert isinstance(mine, MineSpec) and mine.num_negatives == 5
     assert recipe.output.formats == ["parquet"]
-    assert isinstance(step_spec(recipe.steps[0]), GenerateSpec)
+    assert isinstance(recipe.steps[0].spec, GenerateSpec)
 
 
 def test_set_override_errors() -> None:

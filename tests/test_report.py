@@ -1,4 +1,5 @@
-"""The report renders from a real quickstart output: markdown, HTML, real PNG plots, `synth inspect`."""
+"""The report renders from a real quickstart output (markdown, HTML, real PNG plots, `synth inspect`)
+and reads any summary.json, however old or damaged, without a traceback."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ from typer.testing import CliRunner
 
 from synth.cli import app
 from synth.export import dropped_dataset
-from synth.report_md import collect, write_report
+from synth.llm import Usage
+from synth.report.card import dataset_card
+from synth.report.markdown import write_report
+from synth.report.summary import RunResult, StepReport, collect, summary_dict
+from tests.conftest import QUICKSTART
 
 PLOTS = ["rows_per_step", "cost_per_step", "drops_by_rule", "lengths", "scores", "margins"]
 
@@ -91,3 +96,62 @@ def test_report_from_an_output_without_mining_or_drops_skips_those_plots(tmp_pat
     report = (tmp_path / "report.md").read_text()
     assert "No row was dropped." in report and "plots/rows_per_step.png" in report
     assert not (tmp_path / "plots" / "scores.png").exists() and "plots/scores.png" not in report
+
+
+STEP_KEYS = ["name", "kind", "rows_in", "rows_out", "dropped", "requests", "retries", "cache_hits", "failed",
+             "prompt_tokens", "completion_tokens", "seconds", "fingerprint"]  # fmt: skip
+
+
+def test_summary_json_flattens_usage_into_the_step_and_reads_back() -> None:
+    usage = Usage(requests=7, retries=1, cache_hits=3, failed=2, prompt_tokens=100, completion_tokens=20)
+    report = StepReport("queries", "generate", 4, 8, {"parse_no_match": 1}, usage, 1.5, "abc")
+    result = RunResult(Path("out"), [{"id": "a"}], [{"reason": "x"}], [report], 2.0, {"llm": "m"})
+    summary = json.loads(json.dumps(summary_dict(result)))
+    assert summary["rows"] == 1 and summary["dropped"] == 1 and summary["models"] == {"llm": "m"}
+    assert list(summary["steps"][0]) == STEP_KEYS
+    assert summary["steps"][0]["requests"] == 7 and summary["steps"][0]["completion_tokens"] == 20
+    assert StepReport.from_dict(summary["steps"][0]) == report
+    assert (report.requests, report.retries, report.cache_hits, report.failed) == (7, 1, 3, 2)
+    assert (report.prompt_tokens, report.completion_tokens) == (100, 20)
+
+
+def test_card_shows_each_steps_usage() -> None:
+    from synth.recipe import load_recipe
+
+    recipe, _ = load_recipe(QUICKSTART)
+    usage = Usage(requests=7, prompt_tokens=100, completion_tokens=20)
+    reports = [
+        StepReport("source", "source", 4, 4, {}),
+        StepReport("queries", "generate", 4, 8, {"parse_no_match": 1}, usage, 1.5),
+    ]
+    rows = [{"id": "a", "source_id": "a", "text": "doc", "query": "q"}]
+    models = {"llm": "m", "embedder": "e", "llm:judge": "j"}
+    card = dataset_card(recipe, RunResult(Path("out"), rows, [], reports, 2.0, models))
+    assert "| queries | generate | 4 | 8 | parse_no_match: 1 | 7 | 100 | 20 | 1.5 |" in card
+    assert "**LLM**: `m`" in card and "**Rows**: 1 " in card and '"anchor": "q"' in card
+    assert "- **Named models**: `llm:judge` = `j`\n" in card
+    plain = dataset_card(recipe, RunResult(Path("out"), rows, [], reports, 2.0, {"llm": "m", "embedder": "e"}))
+    assert "Named models" not in plain and "- **Embedder**: `e`\n- **Wall time**" in plain
+
+
+def test_inspect_reads_a_summary_with_missing_or_mistyped_keys(tmp_path: Path) -> None:
+    steps = [{"name": "only-a-name"}, "junk", {"name": "odd", "rows_in": "many", "dropped": [1], "seconds": None}]
+    (tmp_path / "summary.json").write_text(json.dumps({"rows": "3", "steps": steps, "models": None}))
+    (tmp_path / "dropped.jsonl").write_text('{"step": "clean", "reason": "bad", "value": "[/x] not markup"}\n[1]\n')
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "only-a-name" in result.output and "odd" in result.output and "3 rows" in result.output
+    assert "[/x] not markup" in result.output
+    assert [s["rows_in"] for s in collect(tmp_path).steps] == [0, 0]
+    report = write_report(tmp_path).read_text()
+    assert "| odd | ? | 0 | 0 | 0 | 0 | 0 | 0 | 0.0 |" in report
+
+
+def test_inspect_of_an_unreadable_summary_is_one_clear_line(tmp_path: Path) -> None:
+    for text, message in (("{not json", "cannot be read"), ("[1, 2]", "expected a mapping at the top, got list")):
+        (tmp_path / "summary.json").write_text(text)
+        for args in (["inspect", str(tmp_path)], ["inspect", str(tmp_path), "--report"]):
+            result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+            assert result.exit_code == 1, result.output
+            assert "summary.json" in result.output and message in result.output, result.output
+            assert result.exception is None or isinstance(result.exception, SystemExit), result.exception

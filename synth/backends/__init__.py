@@ -2,11 +2,14 @@
 
 A backend takes a batch of conversations and returns one Completion per conversation in the
 same order; batching, concurrency and the engine stay inside the backend module, which is the
-only place its engine library is imported.
+only place its engine library is imported. Adding a backend = one module (a class with `kind`,
+`model_id`, `generate`, `close`, plus a function giving the model id without building anything)
+and one line in `BACKENDS` below.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -50,7 +53,7 @@ ResultCallback = Callable[[int, Completion], None]
 
 
 class LLMBackend(Protocol):
-    kind: str  # "vllm", "openai": part of every request-cache key
+    kind: str  # its BACKENDS name ("vllm", "openai", "dry-run"): part of every request-cache key
     model_id: str  # includes a content fingerprint for local folders / the endpoint for APIs
 
     def generate(
@@ -65,30 +68,42 @@ class LLMBackend(Protocol):
     def close(self) -> None: ...
 
 
+# The one place a backend is registered: recipe name -> ("module:Class", "module:model-id function").
+# Modules are imported only when a recipe names them, so vllm/openai load only for the runs that use them.
+BACKENDS: dict[str, tuple[str, str]] = {
+    "vllm": ("synth.backends.vllm:VLLMBackend", "synth.backends.vllm:vllm_model_id"),
+    "openai": ("synth.backends.openai:OpenAIBackend", "synth.backends.openai:openai_model_id"),
+    "dry-run": ("synth.backends.dry_run:DryRunBackend", "synth.backends.dry_run:dry_run_model_id"),
+}
+BACKEND_NAMES: tuple[str, ...] = tuple(BACKENDS)
+
+
+def _load(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _entry(name: str) -> tuple[str, str]:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"unknown llm backend {name!r}; known backends: {', '.join(BACKEND_NAMES)}") from None
+
+
+def backend_class(name: str) -> type[LLMBackend]:
+    """The class registered under `name` (imports its module)."""
+    return _load(_entry(name)[0])
+
+
 def backend_identity(spec: Any) -> tuple[str, str]:
     """(kind, model id) of the backend a recipe names, without building it (no engine start).
 
-    Lets a fully cached step skip loading the LLM at all.
+    Lets a fully cached step skip loading the LLM at all. The kind is the registry name, which is
+    also every backend class's `kind` (a test holds them equal).
     """
-    if spec.backend == "vllm":
-        from synth.backends.vllm import vllm_model_id
-
-        return "vllm", vllm_model_id(spec)
-    if spec.backend == "openai":
-        from synth.backends.openai import openai_model_id
-
-        return "openai", openai_model_id(spec)
-    raise ValueError(f"unknown llm backend {spec.backend!r}")
+    return spec.backend, _load(_entry(spec.backend)[1])(spec)
 
 
 def make_backend(spec: Any) -> LLMBackend:
     """Build the backend a recipe's `llm` section names (imports the engine lazily)."""
-    if spec.backend == "vllm":
-        from synth.backends.vllm import VLLMBackend
-
-        return VLLMBackend(spec)
-    if spec.backend == "openai":
-        from synth.backends.openai import OpenAIBackend
-
-        return OpenAIBackend(spec)
-    raise ValueError(f"unknown llm backend {spec.backend!r}")
+    return backend_class(spec.backend)(spec)  # type: ignore[call-arg]

@@ -1,22 +1,70 @@
 """Generate step: render a template per row (and per `each` combination), ask the LLM, parse.
 
-All prompts of the step go to the backend in one call (it batches), n samples and list replies
-explode into rows that keep their source id, and unparseable replies become drop records that
-keep the raw text and the parser's reason.
+Prompts stream to the named LLM through the one cached path `chunk_size` at a time, n samples and
+list replies explode into rows that keep their source id, and unparseable replies become drop
+records that keep the raw text and the parser's reason.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from synth.backends import Completion, Messages, SamplingParams
-from synth.cache import request_key
-from synth.faults import crash_point
+from synth.llm import PROMPT_TOO_LONG
 from synth.parsers import ParseError, parse_reply
-from synth.recipe import GenerateSpec, SamplingSpec
-from synth.steps import Row, StepContext, StepResult, drop, stable_hash
+from synth.prompts import PromptLibrary
+from synth.steps.base import Row, Step, StepContext, StepResult, drop, stable_hash
+
+
+class SamplingOverrides(BaseModel):
+    """Per-step sampling changes; unset fields fall back to the chosen LLM's `sampling`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1)
+    stop: list[str] | None = None
+    seed: int | None = None
+
+
+class GenerateSpec(BaseModel):
+    """Render a template per row, ask the LLM, parse the reply into new column(s)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    template: str
+    output: str | list[str]
+    llm: str | None = None  # one of the recipe's `llms:` (default: the recipe's `llm:`)
+    parser: Literal["text", "lines", "json", "regex"] = "text"
+    json_schema: dict[str, Any] | None = None
+    pattern: str | None = None
+    max_items: int | None = Field(default=None, ge=1)
+    guided: bool = True
+    vars: dict[str, Any] = Field(default_factory=dict)
+    each: dict[str, list[Any]] = Field(default_factory=dict)
+    sampling: SamplingOverrides = Field(default_factory=SamplingOverrides)
+
+    @model_validator(mode="after")
+    def _parser_needs(self) -> GenerateSpec:
+        if self.parser == "regex" and not self.pattern:
+            raise ValueError("parser 'regex' needs `pattern`")
+        if isinstance(self.output, list) and self.parser not in ("json", "regex"):
+            raise ValueError("a list of output columns needs parser 'json' or 'regex' (dict values)")
+        for key, values in self.each.items():
+            if not values:
+                raise ValueError(f"each.{key}: needs at least one value")
+        return self
+
+    @property
+    def outputs(self) -> list[str]:
+        return [self.output] if isinstance(self.output, str) else list(self.output)
 
 
 def combinations(each: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -29,16 +77,18 @@ def template_variables(row: Row, spec: GenerateSpec, combo: dict[str, Any]) -> d
     return {**row, **spec.vars, **combo, "row": row}
 
 
-class GenerateStep:
+class GenerateStep(Step):
+    key = "generate"
+    spec_type = GenerateSpec
     chunk_size = 1024  # prompts rendered, looked up and sent per round
 
-    def __init__(self, spec: GenerateSpec, sampling: SamplingSpec) -> None:
-        self.spec = spec
-        self.name = spec.name
-        overrides = spec.sampling.model_dump(exclude_none=True)
-        merged = {**sampling.model_dump(), **overrides}
-        schema = spec.json_schema if spec.parser == "json" and spec.guided else None
-        self.params = SamplingParams(
+    spec: GenerateSpec
+
+    def params(self, ctx: StepContext) -> SamplingParams:
+        """The chosen LLM's sampling with this step's overrides (and its JSON schema for guided decoding)."""
+        merged = {**ctx.llm(self.spec.llm).sampling.model_dump(), **self.spec.sampling.model_dump(exclude_none=True)}
+        schema = self.spec.json_schema if self.spec.parser == "json" and self.spec.guided else None
+        return SamplingParams(
             temperature=merged["temperature"],
             top_p=merged["top_p"],
             max_tokens=merged["max_tokens"],
@@ -51,11 +101,30 @@ class GenerateStep:
     def fingerprint(self, ctx: StepContext) -> str:
         return stable_hash(
             {
-                "spec": self.spec.model_dump(mode="json"),
-                "params": self.params.__dict__,
+                "spec": self.spec.model_dump(mode="json", exclude={"llm"}),
+                "params": self.params(ctx).__dict__,
                 "template": ctx.prompts.fingerprint(self.spec.template),
             }
         )
+
+    def preview(self, row: Row) -> Row:
+        new = {**row, **{c: f"<{c} generated by {self.name}>" for c in self.spec.outputs}}
+        return {**new, **combinations(self.spec.each)[0]}
+
+    def problems(self, row: Row, prompts: PromptLibrary) -> list[str]:
+        problems = []
+        for combo in combinations(self.spec.each):
+            try:
+                prompts.render(self.spec.template, template_variables(row, self.spec, combo), "0")
+            except ValueError as e:
+                problems.append(f"step {self.name!r}: {e}")
+        return problems
+
+    def messages(self, row: Row, prompts: PromptLibrary, label: str) -> list[Messages]:
+        return [
+            prompts.render(self.spec.template, template_variables(row, self.spec, c), label)
+            for c in combinations(self.spec.each)
+        ]
 
     def _values_to_columns(self, value: Any) -> dict[str, Any]:
         output = self.spec.output
@@ -67,38 +136,6 @@ class GenerateStep:
         if missing:
             raise ParseError("missing_keys", ", ".join(missing))
         return {k: value[k] for k in output}
-
-    def _complete(
-        self, conversations: list[Messages], ctx: StepContext, result: StepResult, advance: Callable[[float], None]
-    ) -> list[Completion]:
-        """Replies for a chunk of conversations: cached ones from the cache, the rest from the LLM.
-
-        Each fresh reply is committed to the cache the moment the backend reports it, so a run
-        killed mid-step pays for none of them again. Usage counts only requests really sent.
-        """
-        kind, model_id = ctx.llm_identity
-        keys = [request_key(kind, model_id, c, self.params) for c in conversations]
-        cached = ctx.cache.get_many(keys) if ctx.cache else {}
-        missing = [i for i, k in enumerate(keys) if k not in cached]
-        result.cache_hits += len(conversations) - len(missing)
-        advance(len(conversations) - len(missing))
-
-        def arrived(j: int, completion: Completion) -> None:
-            if ctx.cache is not None:
-                ctx.cache.put(keys[missing[j]], completion, model_id)
-                crash_point("reply")
-            advance(1)
-
-        fresh: dict[int, Completion] = {}
-        if missing:
-            replies = ctx.llm().generate([conversations[i] for i in missing], self.params, on_result=arrived)
-            fresh = dict(zip(missing, replies, strict=True))
-        for completion in fresh.values():
-            result.requests += 1
-            result.retries += completion.retries
-            result.prompt_tokens += completion.prompt_tokens
-            result.completion_tokens += completion.completion_tokens
-        return [fresh[i] if i in fresh else cached[keys[i]] for i in range(len(conversations))]
 
     def _jobs(self, rows: Sequence[Row], ctx: StepContext) -> Iterator[tuple[Row, dict[str, Any], Messages]]:
         """(row, each-combination, rendered messages), lazily, in a fixed order."""
@@ -115,16 +152,18 @@ class GenerateStep:
         total = len(rows) * len(combinations(self.spec.each))
         if total == 0:
             return result
+        llm = ctx.llm(self.spec.llm)
+        params = self.params(ctx)
         provenance = {
             f"{self.name}_template": ctx.prompts.fingerprint(self.spec.template),
-            f"{self.name}_model": ctx.llm_identity[1],
-            f"{self.name}_sampling": stable_hash(self.params.__dict__),
+            f"{self.name}_model": llm.model_id,
+            f"{self.name}_sampling": stable_hash(params.__dict__),
             f"{self.name}_parse": "ok",
         }
         jobs = self._jobs(rows, ctx)
         with ctx.progress.task(f"{self.name}: generating", total) as advance:
             while chunk := list(itertools.islice(jobs, self.chunk_size)):
-                completions = self._complete([m for _, _, m in chunk], ctx, result, advance)
+                completions = llm.complete([m for _, _, m in chunk], params, result.usage, advance)
                 for (row, combo, _), completion in zip(chunk, completions, strict=True):
                     self._collect(row, combo, completion, provenance, result)
         return result
@@ -135,7 +174,8 @@ class GenerateStep:
         """Parse one reply into rows, or record why it yields none."""
         spec = self.spec
         if completion.error is not None:
-            result.dropped.append(drop(self.name, "request_failed", row, detail=completion.error))
+            reason = PROMPT_TOO_LONG if completion.error.startswith(PROMPT_TOO_LONG) else "request_failed"
+            result.dropped.append(drop(self.name, reason, row, detail=completion.error))
             return
         for sample, raw in enumerate(completion.texts):
             try:

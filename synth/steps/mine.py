@@ -1,50 +1,50 @@
-"""Mine step: the recipe's face of the mining engine (synth/mine_engine.py).
+"""The `mine_negatives` step: the recipe's face of the mining engine (synth/mining/engine.py).
 
-Why a thin layer: guards, rescoring (cross-encoder or the recipe's LLM as a judge), teacher scores
-and every export format live in the engine, shared with `synth mine`; this module gathers texts,
-groups identical queries (their positives are shared: none may be another copy's negative, and
-margins use the lowest positive score), turns the result into columns and drop records, and keeps
-the mined result so the runner can write the extra formats into the output folder.
+Why a thin layer: guards, rescoring (a cross-encoder or a named LLM as a judge), teacher scores
+and every export format live in synth/mining/, shared with `synth mine`; this module picks the
+corpus, groups the rows (synth/mining/engine.py `group_pairs`), turns the result into columns and
+drop records, and keeps the result so `write_extras` can write the extra formats.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-from synth.formats import ROW_FORMATS, FormatOptions, write_beir, write_jsonl
-from synth.io import load_documents
-from synth.mine_engine import Advance, Guards, MiningResult, run_mining
-from synth.mining import MiningParams
-from synth.recipe import CorpusSpec, MineSpec
-from synth.rescore import CrossEncoderRescorer, LLMJudgeRescorer, Rescorer
-from synth.steps import Row, StepContext, StepResult, drop, stable_hash
+from synth.backends import Messages
+from synth.mining.engine import MiningResult, group_pairs, run_mining
+from synth.mining.formats import FormatOptions, write_formats
+from synth.mining.rescore import CrossEncoderRescorer, LLMJudgeRescorer, Rescorer
+from synth.mining.spec import CorpusSpec, MineSpec
+from synth.progress import Advance, Progress
+from synth.prompts import PromptLibrary
+from synth.sources import load_documents
+from synth.steps.base import Row, Step, StepContext, StepResult, drop
+
+NEW_COLUMNS = ("negatives", "negative_ids", "negative_scores", "positive_score")
 
 
-class MineStep:
+class _Named:
+    """Progress lines prefixed with the step's name."""
+
+    def __init__(self, progress: Progress, name: str) -> None:
+        self.progress, self.name = progress, name
+
+    @contextmanager
+    def task(self, description: str, total: int) -> Iterator[Advance]:
+        with self.progress.task(f"{self.name}: {description}", total) as advance:
+            yield advance
+
+
+class MineNegativesStep(Step):
+    key = "mine_negatives"
+    spec_type = MineSpec
+    spec: MineSpec
+
     def __init__(self, spec: MineSpec) -> None:
-        self.spec = spec
-        self.name = spec.name
-        self.params = MiningParams(
-            num_negatives=spec.num_negatives,
-            range_min=spec.range_min,
-            range_max=spec.range_max,
-            max_score=spec.max_score,
-            min_score=spec.min_score,
-            absolute_margin=spec.absolute_margin,
-            relative_margin=spec.relative_margin,
-            sampling=spec.sampling,
-            seed=spec.seed,
-            chunk_size=spec.chunk_size,
-            st_compatible=spec.st_compatible,
-            search=spec.search,
-            nprobe=spec.nprobe,
-        )
+        super().__init__(spec)
         self.result: MiningResult | None = None  # kept for write_extras
-
-    def fingerprint(self, ctx: StepContext) -> str:
-        return stable_hash({"spec": self.spec.model_dump(mode="json")})
 
     def corpus(self, rows: Sequence[Row], ctx: StepContext) -> list[Row]:
         """The documents negatives are drawn from: source docs, a column's unique texts, or a file."""
@@ -59,91 +59,63 @@ class MineStep:
         docs, _ = load_documents(corpus.path, corpus.format, corpus.text_column, corpus.id_column)
         return docs
 
-    def _check_columns(self, rows: Sequence[Row]) -> None:
-        if not rows:
-            return
-        for column in (self.spec.query_column, self.spec.positive_column):
-            if column not in rows[0]:
-                raise ValueError(
-                    f"step {self.name!r}: no column {column!r} in the rows (columns: {', '.join(rows[0])})"
-                )
+    def _judge_messages(self, prompts: PromptLibrary, query: str, text: str) -> Messages:
+        return prompts.render(self.spec.judge_template, {"query": query, "text": text})  # type: ignore[return-value]
 
     def _scorer(self, kind: str, ctx: StepContext) -> Rescorer:
         if kind == "cross_encoder":
             assert self.spec.cross_encoder is not None
             return CrossEncoderRescorer(self.spec.cross_encoder)
-        template = self.spec.judge_template
-
-        def render(query: str, text: str) -> list[dict[str, str]]:
-            return ctx.prompts.render(template, {"query": query, "text": text})  # type: ignore[return-value]
-
-        return LLMJudgeRescorer(ctx.llm(), render=render)
+        return LLMJudgeRescorer(ctx.llm(self.spec.llm), render=lambda q, t: self._judge_messages(ctx.prompts, q, t))
 
     def __call__(self, rows: Sequence[Row], ctx: StepContext) -> StepResult:
         spec = self.spec
-        self._check_columns(rows)
+        if rows and (missing := self.missing_columns(rows[0], [spec.query_column, spec.positive_column])):
+            raise ValueError(missing[0])
         result = StepResult(rows=[])
         if not rows:
             return result
         docs = self.corpus(rows, ctx)
-        texts = [str(d["text"]) for d in docs]
+        pairs = group_pairs(
+            [str(r[spec.query_column]) for r in rows],
+            [str(r[spec.positive_column]) for r in rows],
+            [str(d["text"]) for d in docs],
+            positives_are_documents=False,
+        )
+        # A row's own source document is never its negative, whatever its text (ids differ).
         by_id = {str(d["id"]): i for i, d in enumerate(docs)}
-        by_text: dict[str, int] = {}
-        for i, t in enumerate(texts):
-            by_text.setdefault(t, i)
-        # Positives that are not documents are appended after the corpus: embedded, never searched.
-        extra: dict[str, int] = {}
-        groups: dict[str, int] = {}
-        positives: list[list[int]] = []
-        by_id_exclude: list[set[int]] = []
-        row_at: list[tuple[int, int]] = []  # (group, positive index) per row
-        for row in rows:
-            q, p = str(row[spec.query_column]), str(row[spec.positive_column])
-            pi = by_text.get(p)
-            if pi is None:
-                pi = extra.setdefault(p, len(texts) + len(extra))
-            g = groups.setdefault(q, len(groups))
-            if g == len(positives):
-                positives.append([])
-                by_id_exclude.append(set())
-            if pi not in positives[g]:
-                positives[g].append(pi)
-            if spec.positive_id_column and row.get(spec.positive_id_column) is not None:
-                di = by_id.get(str(row[spec.positive_id_column]))
-                if di is not None:
-                    by_id_exclude[g].add(di)
-            row_at.append((g, pi))
+        exclude: list[set[int]] = [set() for _ in pairs.queries]
+        if spec.positive_id_column:
+            for row, (g, _) in zip(rows, pairs.pair_at, strict=True):
+                di = by_id.get(str(row.get(spec.positive_id_column)))
+                if row.get(spec.positive_id_column) is not None and di is not None:
+                    exclude[g].add(di)
 
         rescorer = self._scorer(spec.rescore, ctx) if spec.rescore else None
         teachers = [self._scorer(t, ctx) for t in spec.teachers]
-
-        def task(description: str, total: int) -> AbstractContextManager[Advance]:
-            return ctx.progress.task(f"{self.name}: {description}", total)
-
         mined = run_mining(
-            list(groups),
-            positives,
-            texts + list(extra),
-            ctx.embedder(),
-            self.params,
-            searchable=len(texts),
-            exclude_extra=by_id_exclude,
-            guards=Guards(spec.near_duplicate_ratio, spec.near_duplicate_cosine),
+            pairs.queries,
+            pairs.positives,
+            pairs.corpus,
+            ctx.embedder(spec.embedder),
+            spec,
+            searchable=pairs.searchable,
+            exclude_extra=exclude,
+            guards=spec,
             rescorer=rescorer,
             teachers=teachers,
             fuse=spec.fuse,
-            task=task,
+            progress=_Named(ctx.progress, self.name),
         )
         self.result = mined
         for scorer in [rescorer, *teachers]:
             if isinstance(scorer, LLMJudgeRescorer):
-                result.requests += scorer.requests
-                result.prompt_tokens += scorer.prompt_tokens
-                result.completion_tokens += scorer.completion_tokens
+                result.usage.add(scorer.usage)
 
+        texts = pairs.corpus
         need = spec.min_negatives or spec.num_negatives
         with_teachers = rescorer is not None or bool(teachers)
-        for row, (g, pi) in zip(rows, row_at, strict=True):
+        for row, (g, pi) in zip(rows, pairs.pair_at, strict=True):
             m = mined.mined[g]
             at = m.positives.index(pi)
             if len(m.negatives) < need:
@@ -168,22 +140,42 @@ class MineStep:
                 k = len(m.positives)
                 new["teacher_scores"] = {name: [round(v, 6) for v in [s[at], *s[k:]]] for name, s in m.teachers.items()}
             result.rows.append(new)
-        result.stats = {"corpus_size": len(docs), "queries": len(groups), "removed": mined.stats["removed"]}
+        result.stats = {"corpus_size": len(docs), "queries": len(pairs.queries), "removed": mined.stats["removed"]}
+        if "unscored" in mined.stats:
+            result.stats["unscored"] = mined.stats["unscored"]
         return result
+
+    def preview(self, row: Row) -> Row:
+        new = dict(row)
+        new["negatives"] = [f"<negative mined by {self.name}>"]
+        new["negative_ids"] = [f"<id of a negative mined by {self.name}>"]
+        new["negative_scores"] = [0.0]
+        new["positive_score"] = 0.0
+        if self.spec.scorers:
+            new["teacher_scores"] = {"embedder": [0.0, 0.0]}
+        return new
+
+    def problems(self, row: Row, prompts: PromptLibrary) -> list[str]:
+        found = self.missing_columns(row, [self.spec.query_column, self.spec.positive_column])
+        if not found and "llm" in self.spec.scorers:
+            try:
+                self.messages(row, prompts, "0")
+            except ValueError as e:
+                found.append(f"step {self.name!r}: {e}")
+        return found
+
+    def messages(self, row: Row, prompts: PromptLibrary, label: str) -> list[Messages]:
+        """The LLM judge's question about this row's own positive (the step asks it of every candidate)."""
+        if "llm" not in self.spec.scorers:
+            return super().messages(row, prompts, label)
+        query, text = str(row[self.spec.query_column]), str(row[self.spec.positive_column])
+        return [self._judge_messages(prompts, query, text)]
 
     def write_extras(self, folder: Path) -> list[Path]:
         """The recipe's `formats` into <output>/<step name>/ (called on the temp output folder)."""
         if not self.spec.formats or self.result is None:
             return []
-        target = Path(folder) / self.name
-        target.mkdir(parents=True, exist_ok=True)
         opts = FormatOptions(
             output_scores=self.spec.output_scores, num_negatives=self.spec.num_negatives, teacher=self.spec.teacher
         )
-        written = []
-        for name in self.spec.formats:
-            if name == "beir":
-                written.append(write_beir(self.result, target / "beir"))
-            else:
-                written.append(write_jsonl(target / f"{name}.jsonl", ROW_FORMATS[name](self.result, opts)))
-        return written
+        return write_formats(self.result, Path(folder) / self.name, self.spec.formats, opts)

@@ -18,7 +18,10 @@ import numpy as np
 from rapidfuzz import fuzz
 
 from synth.dedup import find_duplicates, normalize
-from synth.filter_spec import (
+from synth.llm import Usage
+from synth.prompts import PromptLibrary
+from synth.steps.base import Row, Step, StepContext, StepResult, drop, stable_hash
+from synth.steps.filter_spec import (
     CopyRule,
     DedupRule,
     FilterSpec,
@@ -28,7 +31,6 @@ from synth.filter_spec import (
     RoundTripRule,
     ScriptRule,
 )
-from synth.steps import Row, StepContext, StepResult, drop, stable_hash
 
 _WORD = re.compile(r"\w+")
 
@@ -39,10 +41,7 @@ class Outcome:
 
     kept: list[Row] = field(default_factory=list)
     dropped: list[Row] = field(default_factory=list)
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cache_hits: int = 0
+    usage: Usage = field(default_factory=Usage)
 
 
 def text_of(row: Row, column: str) -> str:
@@ -231,7 +230,7 @@ def apply_roundtrip(rule: RoundTripRule, rows: Sequence[Row], ctx: StepContext, 
         target = by_id.get(text_of(row, rule.id_column))
         targets.append(target if target is not None else by_text.get(text_of(row, rule.positive_column), -1))
     queries = [text_of(r, rule.query_column) for r in rows]
-    embedder = ctx.embedder()
+    embedder = ctx.embedder(rule.embedder)
     with ctx.progress.task(f"{step}: round-trip embedding corpus", len(corpus)) as advance:
         doc_emb = embedder.embed(corpus, role="document", progress=advance)
     with ctx.progress.task(f"{step}: round-trip embedding queries", len(queries)) as advance:
@@ -266,8 +265,9 @@ def apply_roundtrip(rule: RoundTripRule, rows: Sequence[Row], ctx: StepContext, 
 def _apply_judge(rule: JudgeRule, rows: Sequence[Row], ctx: StepContext, step: str) -> Outcome:
     from synth.steps.judge import apply_judge
 
-    kept, dropped, usage = apply_judge(rule, rows, ctx, step)
-    return Outcome(kept, dropped, *usage)
+    out = Outcome()
+    out.kept, out.dropped = apply_judge(rule, rows, ctx, step, out.usage)
+    return out
 
 
 RULES: dict[type, Callable[[Any, Sequence[Row], StepContext, str], Outcome]] = {
@@ -281,40 +281,11 @@ RULES: dict[type, Callable[[Any, Sequence[Row], StepContext, str], Outcome]] = {
 }
 
 
-def required_columns(rule: Any) -> list[str]:
-    """Row columns a rule reads (the judge's come from its template, checked when it renders)."""
-    if isinstance(rule, RoundTripRule):
-        return [rule.query_column]
-    if isinstance(rule, CopyRule):
-        return [rule.column, rule.source_column]
-    if isinstance(rule, JudgeRule):
-        return [rule.column, *rule.inputs.values()]
-    return [rule.column]
+class FilterStep(Step):
+    key = "filter"
+    spec_type = FilterSpec
 
-
-def filter_problems(spec: FilterSpec, row: Row, prompts: Any) -> list[str]:
-    """Recipe check without models: columns every rule reads exist, judge templates render."""
-    from synth.steps.judge import judge_variables
-
-    problems = []
-    for rule in spec.rules:
-        for column in required_columns(rule):
-            if column not in row:
-                problems.append(
-                    f"step {spec.name!r}, rule {rule.label!r}: no column {column!r} (columns: {', '.join(row)})"
-                )
-        if isinstance(rule, JudgeRule):
-            try:
-                prompts.render(rule.template, judge_variables(rule, row), "0")
-            except ValueError as e:
-                problems.append(f"step {spec.name!r}, rule {rule.label!r}: {e}")
-    return problems
-
-
-class FilterStep:
-    def __init__(self, spec: FilterSpec) -> None:
-        self.spec = spec
-        self.name = spec.name
+    spec: FilterSpec
 
     def fingerprint(self, ctx: StepContext) -> str:
         templates = {
@@ -322,23 +293,31 @@ class FilterStep:
         }
         return stable_hash({"spec": self.spec.model_dump(mode="json"), "templates": templates})
 
+    def problems(self, row: Row, prompts: PromptLibrary) -> list[str]:
+        """Columns every rule reads exist; judge templates render on the row."""
+        from synth.steps.judge import judge_variables
+
+        problems = []
+        for rule in self.spec.rules:
+            problems.extend(self.missing_columns(row, rule.columns(), f", rule {rule.label!r}"))
+            if isinstance(rule, JudgeRule):
+                try:
+                    prompts.render(rule.template, judge_variables(rule, row), "0")
+                except ValueError as e:
+                    problems.append(f"step {self.name!r}, rule {rule.label!r}: {e}")
+        return problems
+
     def __call__(self, rows: Sequence[Row], ctx: StepContext) -> StepResult:
         result = StepResult(rows=list(rows))
         for rule in self.spec.rules:
             if result.rows:
-                missing = [c for c in required_columns(rule) if c not in result.rows[0]]
+                missing = self.missing_columns(result.rows[0], rule.columns(), f", rule {rule.label!r}")
                 if missing:
-                    columns = ", ".join(result.rows[0])
-                    raise ValueError(
-                        f"step {self.name!r}, rule {rule.label!r}: no column {missing[0]!r} (columns: {columns})"
-                    )
+                    raise ValueError(missing[0])
             rows_in = len(result.rows)
             outcome = RULES[type(rule)](rule, result.rows, ctx, self.name)
             result.rows = outcome.kept
             result.dropped.extend(outcome.dropped)
-            result.requests += outcome.requests
-            result.prompt_tokens += outcome.prompt_tokens
-            result.completion_tokens += outcome.completion_tokens
-            result.cache_hits += outcome.cache_hits
+            result.usage.add(outcome.usage)
             result.stats[rule.label] = {"rows_in": rows_in, "rows_out": len(outcome.kept)}
         return result

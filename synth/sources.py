@@ -1,7 +1,8 @@
 """Reading sources: jsonl / json / csv / parquet / a folder of .txt files / a saved dataset.
 
 Every source becomes a list of rows with a string `id` and the text column, plus whatever other
-columns the file had. Rows with a blank text are not errors but counted drops.
+columns the file had. Rows with a blank text are not errors but counted drops. (Rows are plain
+dicts here: the step modules import this one, so it cannot import their `Row`.)
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import csv
 import json
 from pathlib import Path
 from typing import Any
-
-Row = dict[str, Any]
 
 
 class SourceError(ValueError):
@@ -30,7 +29,7 @@ def _detect_format(path: Path) -> str:
     raise SourceError(f"{path}: cannot tell the format from the name; set `format:`")
 
 
-def _read_jsonl(path: Path) -> list[Row]:
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -46,7 +45,7 @@ def _read_jsonl(path: Path) -> list[Row]:
     return rows
 
 
-def _read_json(path: Path) -> list[Row]:
+def _read_json(path: Path) -> list[dict[str, Any]]:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -56,7 +55,7 @@ def _read_json(path: Path) -> list[Row]:
     return value
 
 
-def _read_text(path: Path) -> list[Row]:
+def _read_text(path: Path) -> list[dict[str, Any]]:
     if path.is_file():
         lines = path.read_text(encoding="utf-8").splitlines()
         return [{"id": str(i), "text": line} for i, line in enumerate(lines) if line.strip()]
@@ -64,7 +63,7 @@ def _read_text(path: Path) -> list[Row]:
     return [{"id": str(p.relative_to(path)), "text": p.read_text(encoding="utf-8")} for p in files]
 
 
-def _read_dataset(path: Path) -> list[Row]:
+def _read_dataset(path: Path) -> list[dict[str, Any]]:
     from datasets import Dataset, load_from_disk
 
     ds = load_from_disk(str(path))
@@ -74,7 +73,7 @@ def _read_dataset(path: Path) -> list[Row]:
     return ds.to_list()
 
 
-def read_rows(path: Path, fmt: str = "auto") -> list[Row]:
+def read_rows(path: Path, fmt: str = "auto") -> list[dict[str, Any]]:
     """Read a file or folder into rows (dicts)."""
     if not path.exists():
         raise SourceError(f"{path}: file not found")
@@ -103,7 +102,7 @@ def load_documents(
     text_column: str = "text",
     id_column: str | None = "id",
     limit: int | None = None,
-) -> tuple[list[Row], list[Row]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Rows normalised to string `id` + `text` (other columns kept), and the rows dropped.
 
     Raises SourceError for an empty source, a missing text column or duplicate ids.
@@ -117,8 +116,8 @@ def load_documents(
         raise SourceError(
             f"{path}: no column {id_column!r} (columns: {', '.join(rows[0])}); set source.id_column: null"
         )
-    kept: list[Row] = []
-    dropped: list[Row] = []
+    kept: list[dict[str, Any]] = []
+    dropped: list[dict[str, Any]] = []
     seen: set[str] = set()
     for i, row in enumerate(rows):
         doc_id = str(row[id_column]) if id_column else str(i)

@@ -1,15 +1,19 @@
 """PNG plots for the run report (matplotlib, headless Agg backend).
 
-Each function draws one figure from plain lists and writes it to `path`; the caller decides
-whether there is anything to plot, so no function ever writes an empty or misleading chart.
+Each figure function draws one chart from plain lists and writes it to `path`;
+`draw_report_plots` decides which charts the data supports, so none is ever empty or misleading.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from synth.report.summary import ReportData
 
 
 def _plt():  # type: ignore[no-untyped-def]
@@ -116,3 +120,36 @@ def cost_per_step(names: Sequence[str], seconds: Sequence[float], tokens: Sequen
     right.set_ylabel("tokens (prompt + completion)")
     right.set_title("LLM tokens per step")
     return _save(fig, path)
+
+
+def draw_report_plots(data: ReportData, plots_dir: Path) -> dict[str, str]:
+    """Draw every plot there is data for; returns {title: relative path}."""
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    made: dict[str, str] = {}
+    steps = data.steps
+    if steps:
+        names = [s["name"] for s in steps]
+        rows_per_step(
+            names, [s["rows_in"] for s in steps], [s["rows_out"] for s in steps], plots_dir / "rows_per_step.png"
+        )
+        made["Rows in and out per step"] = "plots/rows_per_step.png"
+        tokens = [s["prompt_tokens"] + s["completion_tokens"] for s in steps]
+        cost_per_step(names, [s["seconds"] for s in steps], tokens, plots_dir / "cost_per_step.png")
+        made["Time and tokens per step"] = "plots/cost_per_step.png"
+    if data.drops:
+        ranked = data.drops.most_common()
+        drops_by_rule(
+            [f"{s}/{r}: {why}" for (s, r, why), _ in ranked], [n for _, n in ranked], plots_dir / "drops_by_rule.png"
+        )
+        made["Drops by rule"] = "plots/drops_by_rule.png"
+    lengths = {f"generated ({data.anchor})": data.anchor_chars, f"source ({data.positive})": data.positive_chars}
+    lengths = {k: v for k, v in lengths.items() if v}
+    if lengths:
+        length_histograms(lengths, plots_dir / "lengths.png")
+        made["Length distributions"] = "plots/lengths.png"
+    if data.positive_scores and data.negative_scores:
+        score_histograms(data.positive_scores, data.negative_scores, plots_dir / "scores.png")
+        made["Positive vs negative scores"] = "plots/scores.png"
+        margin_histogram(data.margins, data.hardest_margins, plots_dir / "margins.png")
+        made["Mining margins"] = "plots/margins.png"
+    return made

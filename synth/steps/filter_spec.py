@@ -25,6 +25,10 @@ class _Rule(_Strict):
     def label(self) -> str:
         return self.name or str(getattr(self, "rule"))  # noqa: B009 - every subclass has `rule`
 
+    def columns(self) -> list[str]:
+        """Row columns this rule reads (checked by `synth validate` before any model loads)."""
+        return [getattr(self, "column")]  # noqa: B009 - rules without `column` override this
+
 
 class LengthRule(_Rule):
     """Bounds on characters and tokens (inclusive). Tokens are `\\w+` words unless `tokenizer` names a model."""
@@ -100,6 +104,9 @@ class CopyRule(_Rule):
     max_token_overlap: float | None = Field(default=None, gt=0, le=1)  # share of words found in the passage
     min_words: int = Field(default=5, ge=1)  # shorter texts (keyword queries) are never called copies
 
+    def columns(self) -> list[str]:
+        return [self.column, self.source_column]
+
 
 class RoundTripRule(_Rule):
     """Promptagator-style consistency: the query must retrieve its own passage in the top k."""
@@ -110,10 +117,14 @@ class RoundTripRule(_Rule):
     id_column: str = "source_id"
     corpus: Literal["source", "positives"] = "source"  # source documents, or the unique positives
     top_k: int = Field(default=3, ge=1)
+    embedder: str | None = None  # one of the recipe's `embedders:` (default: the recipe's `embedder:`)
+
+    def columns(self) -> list[str]:
+        return [self.query_column]
 
 
 class JudgeRule(_Rule):
-    """Ask the recipe's LLM a yes/no question per row; keep rows with P(yes) >= threshold."""
+    """Ask an LLM of the recipe a yes/no question per row; keep rows with P(yes) >= threshold."""
 
     rule: Literal["judge"]
     column: str = "query"  # the judged text, recorded as `value` in drop records
@@ -124,6 +135,10 @@ class JudgeRule(_Rule):
     yes: list[str] = Field(default_factory=lambda: ["yes"])
     no: list[str] = Field(default_factory=lambda: ["no"])
     top_logprobs: int = Field(default=5, ge=1, le=20)
+    llm: str | None = None  # one of the recipe's `llms:` (default: the recipe's `llm:`)
+
+    def columns(self) -> list[str]:
+        return [self.column, *self.inputs.values()]  # the template's own variables are checked when it renders
 
 
 Rule = Annotated[

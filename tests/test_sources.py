@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from synth.io import SourceError, load_documents
+from synth.sources import SourceError, load_documents
 
 
 def test_jsonl_csv_json_and_text_folder(tmp_path: Path) -> None:

@@ -8,17 +8,21 @@ sentence-transformers (same rows and column names as its `mine_hard_negatives`):
 FlagEmbedding:  {query, pos: [...], neg: [...], pos_scores, neg_scores, prompt}, one line per query
 MarginMSE:      {query, positive, negative, label = score(pos) - score(neg)} (GPL-style)
 BEIR folder:    corpus.jsonl, queries.jsonl, qrels/train.tsv (positives, score 1)
+
+`write_formats` is the one writer of these files, for the recipe step and for `synth mine`.
+Scores a judge could not give (NaN) are written as NaN.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from synth.mine_engine import MinedQuery, MiningResult
+from synth.mining.engine import MinedQuery, MiningResult
+from synth.mining.spec import FORMAT_NAMES
 
 Row = dict[str, Any]
 
@@ -131,7 +135,7 @@ ROW_FORMATS: dict[str, Callable[[MiningResult, FormatOptions], list[Row]]] = {
     "flagembedding": flag_embedding,
     "marginmse": margin_mse,
 }
-FORMATS = (*ROW_FORMATS, "beir")
+FORMATS = FORMAT_NAMES  # the row formats above, then "beir" (a test holds them equal)
 
 
 def write_beir(result: MiningResult, folder: str | Path) -> Path:
@@ -158,3 +162,19 @@ def write_jsonl(path: str | Path, rows: list[Row]) -> Path:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     return path
+
+
+def write_formats(result: MiningResult, folder: str | Path, formats: Sequence[str], opts: FormatOptions) -> list[Path]:
+    """Write each asked format beside each other: <format>.jsonl, or beir/ for the BEIR folder."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in formats:
+        if name == "beir":
+            written.append(write_beir(result, folder / "beir"))
+        else:
+            written.append(write_jsonl(folder / f"{name}.jsonl", ROW_FORMATS[name](result, opts)))
+    return written

@@ -1,10 +1,13 @@
-"""Dataset card and run summary: what was made, from what, with which models, and what was dropped."""
+"""The dataset card (the output folder's README.md): what was made, from what, and how to use it.
+
+Takes the Recipe only as a type (never imported at run time): recipe.py imports the step
+registry, and the report must stay importable without it.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -12,17 +15,7 @@ from synth.export import training_rows
 
 if TYPE_CHECKING:
     from synth.recipe import Recipe
-    from synth.runner import RunResult
-
-
-def summary_dict(result: RunResult) -> dict[str, Any]:
-    return {
-        "rows": len(result.rows),
-        "dropped": len(result.dropped),
-        "seconds": result.seconds,
-        "models": result.models,
-        "steps": [asdict(r) for r in result.reports],
-    }
+    from synth.report.summary import RunResult
 
 
 def _steps_table(result: RunResult) -> str:
@@ -33,13 +26,20 @@ def _steps_table(result: RunResult) -> str:
     for r in result.reports:
         drops = ", ".join(f"{k}: {v}" for k, v in sorted(r.dropped.items())) or "-"
         lines.append(
-            f"| {r.name} | {r.kind} | {r.rows_in} | {r.rows_out} | {drops} | {r.requests} | "
-            f"{r.prompt_tokens} | {r.completion_tokens} | {r.seconds} |"
+            f"| {r.name} | {r.kind} | {r.rows_in} | {r.rows_out} | {drops} | {r.usage.requests} | "
+            f"{r.usage.prompt_tokens} | {r.usage.completion_tokens} | {r.seconds} |"
         )
     return "\n".join(lines)
 
 
+def _named_models(models: dict[str, str]) -> str:
+    """A card line for the recipe's named models (`llms:` / `embedders:`), empty when it has none."""
+    named = [f"`{name}` = `{model}`" for name, model in models.items() if name not in ("llm", "embedder")]
+    return "\n- **Named models**: " + ", ".join(named) if named else ""
+
+
 def dataset_card(recipe: Recipe, result: RunResult) -> str:
+    """README.md of the output folder: what the data is, how to train on it, how it was made."""
     anchor, positive = recipe.output.columns.anchor, recipe.output.columns.positive
     train = training_rows(result.rows, anchor, positive, recipe.output.columns.negatives)
     columns = list(train[0]) if train else ["anchor", "positive"]
@@ -60,7 +60,7 @@ def dataset_card(recipe: Recipe, result: RunResult) -> str:
 
 - **Rows**: {len(train)} (dropped along the way: {len(result.dropped)}, see `dropped.jsonl`)
 - **LLM**: `{result.models.get("llm")}` (backend `{recipe.llm.backend}`)
-- **Embedder**: `{result.models.get("embedder")}`
+- **Embedder**: `{result.models.get("embedder")}`{_named_models(result.models)}
 - **Wall time**: {result.seconds} s
 - **Report**: [report.md](report.md) ([HTML](report.html)): rows per step, drops by rule,
   length, score and margin plots (`plots/`)

@@ -1,0 +1,1 @@
+"""Evaluation helpers: BEIR-layout datasets (beir.py) and retrieval metrics (metrics.py)."""
