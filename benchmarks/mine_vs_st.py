@@ -122,8 +122,7 @@ def run_one(kind: str, work: Path, model: str) -> dict:
         )
         rows = out.to_list()
     elif kind in ("synth", "synth10x"):
-        from synth.mine_api import mine_dataset
-        from synth.mining import MiningParams
+        from synth.mining import MiningParams, mine_dataset
 
         class Embedder:  # the loaded model, length-sorted blocks as in synth.embedders
             model_id = model

@@ -66,7 +66,7 @@ def generate(
     from synth.progress import RichProgress
     from synth.runner import run_recipe, validate_recipe
 
-    problems = _checked(lambda: validate_recipe(spec, recipe_dir))
+    problems = _checked(lambda: validate_recipe(spec, recipe_dir, limit=limit))
     if problems:
         _fail(f"{recipe}: invalid recipe\n" + "\n".join(problems))
     progress = RichProgress(console)
@@ -164,7 +164,7 @@ def cache_stats() -> None:
     """Where the caches are, how many replies and vectors they hold, and their size."""
     from synth.cache import default_cache_dir, open_caches
 
-    requests, embeddings = open_caches(default_cache_dir())
+    requests, embeddings = _checked(lambda: open_caches(default_cache_dir(), read_only=True))
     for name, stats in (("requests", requests.stats()), ("embeddings", embeddings.stats())):
         details = ", ".join(f"{k}={v}" for k, v in stats.items() if k != "path")
         console.print(f"[bold]{name}[/]: {stats['path']} ({details})", highlight=False)
@@ -177,10 +177,10 @@ def cache_clear(
     """Delete every cached reply and embedding."""
     from synth.cache import default_cache_dir, open_caches
 
-    folder = default_cache_dir()
+    folder = _checked(default_cache_dir)
     if not yes and not typer.confirm(f"delete all cached replies and embeddings in {folder}?"):
         raise typer.Exit(1)
-    requests, embeddings = open_caches(folder)
+    requests, embeddings = _checked(lambda: open_caches(folder))
     console.print(f"removed {requests.clear()} replies and {embeddings.clear()} embeddings from {folder}")
 
 
@@ -191,8 +191,8 @@ def inspect(
     examples: Annotated[int, typer.Option(help="How many training rows to print.")] = 3,
 ) -> None:
     """Print an output's summary: rows per step, drops by rule, lengths and scores, examples."""
-    from synth.report.terminal import inspect_output
     from synth.report.markdown import write_report
+    from synth.report.terminal import inspect_output
 
     if report:
         _checked(lambda: write_report(output))

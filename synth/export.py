@@ -181,9 +181,11 @@ def _check_replaceable(target: Path, shown: Path) -> None:
         return
     marker = _read_marker(target)
     if marker is None:
+        older = {"summary.json", "recipe.yaml", "dropped.jsonl"} <= set(names)
+        hint = "; if it is the output of a synth older than its marker file, delete it yourself" if older else ""
         raise OutputError(
             f"output {shown} is not empty and was not written by synth (no {MARKER} file): refusing to replace it; "
-            "choose another --output or an empty folder"
+            f"choose another --output or an empty folder{hint}"
         )
     foreign = [n for n in names if n != MARKER and n not in marker["files"] and not _DERIVED.fullmatch(n)]
     if foreign:

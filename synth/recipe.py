@@ -58,7 +58,8 @@ def _step_union() -> Any:
         Annotated[create_model(f"{key}_entry", __base__=StepEntry, **{key: (kind.spec_type, ...)}), Tag(key)]
         for key, kind in STEP_KINDS.items()
     )
-    keys = ", ".join(f"`{k}`" for k in STEP_KINDS)
+    names = [f"`{k}`" for k in STEP_KINDS]
+    keys = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
     return Annotated[
         Union[entries],  # noqa: UP007 - a runtime-built union
         Discriminator(_step_kind, custom_error_type="step_kind", custom_error_message=f"a step is one key: {keys}"),

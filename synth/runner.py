@@ -16,13 +16,13 @@ import yaml
 
 from synth.backends import LLMBackend, Messages
 from synth.embedders import Embedder
-from synth.export import check_output_dir, write_output
+from synth.export import check_output_dir, output_lock, write_output
 from synth.model_pool import ModelPool
 from synth.progress import Progress, SilentProgress
 from synth.prompts import PromptLibrary
 from synth.recipe import Recipe, input_paths
 from synth.report.summary import RunResult, StepReport
-from synth.sources import load_documents
+from synth.sources import check_source, load_documents
 from synth.steps import STEP_KINDS, Row, Step, StepContext, StepResult
 
 
@@ -44,8 +44,14 @@ def default_output_dir(recipe: Recipe) -> Path:
     return recipe.output.dir or Path("outputs") / (recipe.name or "synth")
 
 
-def validate_recipe(recipe: Recipe, recipe_dir: Path) -> list[str]:
-    """Render every template on the first row and check the columns each step needs."""
+def validate_recipe(recipe: Recipe, recipe_dir: Path, limit: int | None = None) -> list[str]:
+    """Check every source row's shape (one streaming pass, `limit` usable rows at most), then
+    render every template on the first row and check the columns each step needs."""
+    src = recipe.source
+    limits = [x for x in (limit, src.limit) if x is not None]
+    source_problems = check_source(src.path, src.format, src.text_column, src.id_column, min(limits, default=None))
+    if source_problems:
+        return source_problems
     docs, _ = load_source(recipe, limit=1)
     if not docs:
         return [f"source {recipe.source.path}: no usable rows"]
@@ -98,6 +104,22 @@ def run_recipe(
     progress = progress or SilentProgress()
     out = output_dir or default_output_dir(recipe)
     check_output_dir(out, input_paths(recipe))  # before any model loads or request is paid for
+    with output_lock(out):  # a second run on the same output is refused before it pays for anything
+        return _run(recipe, recipe_dir, out, limit, progress, llm, embedder, cache_dir, use_cache, started)
+
+
+def _run(
+    recipe: Recipe,
+    recipe_dir: Path,
+    out: Path,
+    limit: int | None,
+    progress: Progress,
+    llm: LLMBackend | None,
+    embedder: Embedder | None,
+    cache_dir: Path | None,
+    use_cache: bool,
+    started: float,
+) -> RunResult:
     docs, dropped = load_source(recipe, limit)
     pool = ModelPool(recipe, progress=progress, use_cache=use_cache, cache_dir=cache_dir, llm=llm, embedder=embedder)
     ctx = StepContext(

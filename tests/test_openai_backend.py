@@ -23,7 +23,7 @@ from synth.backends import Completion, SamplingParams
 from synth.backends.openai import APIError, OpenAIBackend
 from synth.recipe import LLMSpec, RecipeError, load_recipe
 from tests.conftest import QUICKSTART, REPO, write_recipe
-from tests.servers import FaultProxy, Faults, VLLMServer
+from tests.servers import BROKEN_REPLIES, FaultProxy, Faults, VLLMServer
 
 MODEL = "smollm2-135m-instruct"  # served under its alias, so the quickstart's `model:` works as is
 KEY = "sk-synth-test-4f9c2b7e1d"
@@ -254,4 +254,101 @@ def test_a_prompt_too_long_for_the_model_is_one_drop_not_a_failed_run(server: VL
     prompts[1] = [{"role": "user", "content": "word " * 3000}]  # > max_model_len 2048
     results = backend(server.base_url).generate(prompts, SamplingParams(max_tokens=4))
     assert results[0].error is None and results[2].error is None
-    assert results[1].texts == [] and results[1].error and results[1].error.startswith("too_long")
+    assert results[1].texts == [] and results[1].error and results[1].error.startswith("prompt_too_long: ")
+    assert "context length" in results[1].error  # the server's own reason follows the prefix
+
+
+# ----- issue 12: broken replies, keys, credentials in URLs ----------------------------------------
+
+
+def test_broken_replies_are_retried_then_failed_never_returned_as_replies(proxy: FaultProxy) -> None:
+    """`choices: []`, `content: null` and an HTML 200 page are retried like a 5xx, then an error."""
+    proxy.reset(Faults(rate=1.0, kinds=BROKEN_REPLIES, seed=5))
+    llm = backend(proxy.url, max_retries=2, max_concurrency=2)
+    results = llm.generate(conversations(6), SamplingParams(max_tokens=4))
+    for c in results:
+        assert c.texts == [] and c.error and c.error.startswith("bad_reply: HTTP 200") and "3 attempts" in c.error
+    assert proxy.chat_requests == 18 and set(proxy.injected) == set(BROKEN_REPLIES)
+    assert llm.stats["retry_bad_reply"] == 12 and llm.stats["failed_bad_reply"] == 6
+
+
+def test_a_broken_reply_now_and_then_costs_a_retry_not_a_row(proxy: FaultProxy) -> None:
+    proxy.reset(Faults(rate=0.4, kinds=BROKEN_REPLIES, seed=8))
+    llm = backend(proxy.url, max_retries=10, max_concurrency=4)
+    results = llm.generate(conversations(12), SamplingParams(max_tokens=6))
+    assert all(c.error is None and len(c.texts) == 1 and isinstance(c.texts[0], str) for c in results)
+    injected = sum(proxy.injected.values())
+    assert injected >= 3, proxy.injected
+    assert llm.stats["retry_bad_reply"] == injected == sum(c.retries for c in results)
+
+
+def test_broken_replies_are_never_cached_and_a_fixed_server_gives_real_rows(proxy: FaultProxy, tmp_path: Path) -> None:
+    """Before: the broken replies were cached, and the re-run after the fix read them back (0 rows)."""
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    env = dict(os.environ, SYNTH_CACHE_DIR=str(cache), **{KEY_ENV: KEY})
+    sets = ["llm.backend=openai", f"llm.base_url={proxy.url}", f"llm.api_key_env={KEY_ENV}", "llm.max_retries=1"]
+    sets += ["embedder.model=hashing"]
+    args = ["generate", str(QUICKSTART), "--limit", "3", "-o", str(out), *[a for s in sets for a in ("--set", s)]]
+
+    proxy.reset(Faults(rate=1.0, kinds=BROKEN_REPLIES, seed=2))
+    broken = run_cli(*args, env=env)
+    assert broken.returncode != 0 and "Traceback" not in broken.stderr, broken.stderr[-3000:]
+    assert proxy.chat_requests == 12  # 3 rows x 2 styles, each tried twice
+    with sqlite3.connect(cache / "requests.sqlite") as db:
+        [(cached,)] = db.execute("SELECT count(*) FROM replies").fetchall()
+    assert cached == 0
+
+    proxy.reset(Faults())
+    fixed = run_cli(*args, env=env)
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    queries = next(s for s in json.loads((out / "summary.json").read_text())["steps"] if s["name"] == "queries")
+    assert queries["requests"] == 6 and queries["cache_hits"] == 0 and queries["failed"] == 0
+    assert queries["rows_out"] > 0 and proxy.chat_requests == 6
+
+
+def test_the_default_key_is_never_sent_to_another_host(proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: a recipe with `base_url` and no `api_key_env` sent $OPENAI_API_KEY to that host."""
+    default_key = "sk-default-must-stay-home-5e1f"
+    monkeypatch.setenv("OPENAI_API_KEY", default_key)
+    proxy.reset(Faults())
+    spec = LLMSpec(backend="openai", model=MODEL, base_url=proxy.url)  # no api_key_env
+    with pytest.raises(APIError) as caught:
+        OpenAIBackend(spec).generate(conversations(2), SamplingParams(max_tokens=4))
+    assert proxy.authorizations and set(proxy.authorizations) == {"Bearer EMPTY"}
+    message = str(caught.value)
+    assert "401" in message and "no key was sent" in message and "llm.api_key_env" in message
+    assert default_key not in message
+
+    proxy.reset(Faults())  # the variable the recipe names: its key, to this host
+    results = backend(proxy.url).generate(conversations(2), SamplingParams(max_tokens=4))
+    assert all(c.error is None for c in results) and proxy.authorizations == [f"Bearer {KEY}"] * 2
+
+
+def test_credentials_in_base_url_are_written_nowhere(server: VLLMServer, tmp_path: Path) -> None:
+    """A gateway URL with userinfo and a key in its query: the run works, and no file, cache entry or
+    line of output holds the credentials."""
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    user, password, token = "gwuser-3b", "gwpass-7d3e", "QSECRET-91c2"
+    with FaultProxy(server.base_url, upstream_key=KEY) as gateway:
+        url = f"http://{user}:{password}@127.0.0.1:{gateway.port}/v1?api_key={token}"
+        sets = ["llm.backend=openai", f"llm.base_url={url}", "embedder.model=hashing"]
+        env = dict(os.environ, SYNTH_CACHE_DIR=str(cache))
+        done = run_cli(
+            "generate",
+            str(QUICKSTART),
+            "--limit",
+            "2",
+            "-o",
+            str(out),
+            *[a for s in sets for a in ("--set", s)],
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert gateway.chat_requests == 4 and all(f"api_key={token}" in p for p in gateway.paths)
+        assert all(a.startswith("Basic ") for a in gateway.authorizations)  # the client sends userinfo as Basic auth
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["models"]["llm"] == f"{MODEL}@http://127.0.0.1:{gateway.port}/v1?api_key=***"
+    for secret in (password, token, user):
+        assert secret not in done.stdout + done.stderr
+        assert files_containing(cache, secret) == []
+        assert files_containing(out, secret) == [], secret

@@ -1,10 +1,15 @@
-"""Nothing is paid for twice: SIGKILL real runs at several points, resume, compare with a clean run.
+"""Nothing is paid for twice: SIGKILL runs at several points, resume, compare with a clean run.
 
-Each run is the real `synth generate` in a subprocess with the real vLLM engine. A crash point
-(synth/faults.py) SIGKILLs it: after the 7th reply is committed (generation), after the corpus
-embeddings are stored (mining), and after the dataset is written to the temporary output folder
-(export). The request cache records which run paid for each reply, which proves that no reply
-was bought twice: a re-sent request would have overwritten the earlier run's id.
+Each killed run is the real `synth generate` in a subprocess. A crash point (synth/faults.py)
+SIGKILLs it: after the 7th reply is committed (generation), after the corpus embeddings are
+stored (mining), and after the dataset is written to the temporary output folder (export). The
+request cache records which run paid for each reply, which proves that no reply was bought
+twice: a re-sent request would have overwritten the earlier run's id.
+
+The crash-and-resume bookkeeping runs on the test doubles (`--set llm.backend=dry-run --set
+embedder.model=hashing`). One run on the real vLLM engine is killed mid-generation and resumed,
+to prove the real engine's replies do not depend on the batch or the process (per-request seeds),
+so a resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -25,14 +30,18 @@ from synth.runner import run_recipe
 from tests.conftest import QUICKSTART, REPO, write_recipe
 
 LIMIT = "10"  # 10 documents x 2 styles = 20 requests
+DOUBLES = ["--set", "llm.backend=dry-run", "--set", "embedder.model=hashing"]
 
 
-def generate(out: Path, cache: Path, crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
+def generate(
+    out: Path, cache: Path, crash_at: str | None = None, doubles: bool = True
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, SYNTH_CACHE_DIR=str(cache))
     env.pop("SYNTH_CRASH_AT", None)
     if crash_at:
         env["SYNTH_CRASH_AT"] = crash_at
     command = [sys.executable, "-m", "synth.cli", "generate", str(QUICKSTART), "--limit", LIMIT, "-o", str(out)]
+    command += DOUBLES if doubles else []
     # Own session: the crash kills the whole group (engine workers too), so no orphan holds our pipes.
     return subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=900, cwd=REPO, start_new_session=True
@@ -84,6 +93,34 @@ def test_killed_runs_resume_to_the_same_output_without_paying_twice(tmp_path: Pa
     assert final_rows(out) == final_rows(tmp_path / "ref"), "resumed output equals the uninterrupted run"
 
 
+def test_a_real_engine_run_killed_mid_generation_resumes_to_the_uninterrupted_output(
+    tmp_path: Path,
+    vllm_backend,  # type: ignore[no-untyped-def]
+    embedder,  # type: ignore[no-untyped-def]
+) -> None:
+    """kill -9 of `synth generate` on the real engine (its own engine, as a user's command), then
+    resume on the real engine: the 7 paid replies are reused and the output equals a clean run."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    killed = generate(out, cache, crash_at="reply:7", doubles=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert list(replies_by_run(cache).values()) == [7]
+    assert not out.exists()
+
+    recipe, recipe_dir = load_recipe(QUICKSTART)
+
+    def run(output: Path, cache_dir: Path) -> dict[str, tuple[int, int]]:
+        result = run_recipe(
+            recipe, recipe_dir, limit=int(LIMIT), output_dir=output, llm=vllm_backend, embedder=embedder,
+            cache_dir=cache_dir,
+        )  # fmt: skip
+        return {r.name: (r.requests, r.cache_hits) for r in result.reports if r.kind == "generate"}
+
+    assert run(out, cache) == {"queries": (13, 7)}, "resumed on the real engine: only the 13 unpaid requests"
+    assert list(replies_by_run(cache).values()) == [7, 13], "the 7 replies of the killed run were not bought again"
+    assert run(tmp_path / "ref", tmp_path / "ref-cache") == {"queries": (20, 0)}
+    assert final_rows(out) == final_rows(tmp_path / "ref"), "resumed output equals the uninterrupted run"
+
+
 TWO_STEP = """
 source: {{path: {docs}}}
 llm: {{sampling: {{max_tokens: 32, stop: ["\\n"], seed: 0}}}}
@@ -94,7 +131,11 @@ steps:
 """
 
 
-def test_editing_one_template_reruns_only_that_step_and_what_follows(tmp_path: Path, vllm_backend, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_editing_one_template_reruns_only_that_step_and_what_follows(
+    tmp_path: Path,
+    dry_backend,  # type: ignore[no-untyped-def]
+    hashing_embedder,  # type: ignore[no-untyped-def]
+) -> None:
     shutil.copy(SHIPPED_PROMPTS / "query_question.j2", tmp_path / "q.j2")
     shutil.copy(SHIPPED_PROMPTS / "hard_negative.j2", tmp_path / "neg.j2")
     recipe_path = write_recipe(tmp_path, TWO_STEP.format(docs=QUICKSTART.parent / "data" / "python_stdlib.jsonl"))
@@ -102,7 +143,7 @@ def test_editing_one_template_reruns_only_that_step_and_what_follows(tmp_path: P
     def run() -> dict[str, tuple[int, int]]:
         recipe, recipe_dir = load_recipe(recipe_path)
         result = run_recipe(
-            recipe, recipe_dir, limit=5, output_dir=tmp_path / "out", llm=vllm_backend, embedder=embedder,
+            recipe, recipe_dir, limit=5, output_dir=tmp_path / "out", llm=dry_backend, embedder=hashing_embedder,
             cache_dir=tmp_path / "cache",
         )  # fmt: skip
         return {r.name: (r.requests, r.cache_hits) for r in result.reports if r.kind == "generate"}
@@ -121,10 +162,10 @@ def test_editing_one_template_reruns_only_that_step_and_what_follows(tmp_path: P
     assert again["negatives"][0] >= 1, "the step after it sees new queries and re-runs"
 
 
-def test_no_cache_reads_and_writes_nothing(tmp_path: Path, vllm_backend, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_no_cache_reads_and_writes_nothing(tmp_path: Path, dry_backend, hashing_embedder) -> None:  # type: ignore[no-untyped-def]
     recipe, recipe_dir = load_recipe(QUICKSTART)
     result = run_recipe(
-        recipe, recipe_dir, limit=2, output_dir=tmp_path / "out", llm=vllm_backend, embedder=embedder,
+        recipe, recipe_dir, limit=2, output_dir=tmp_path / "out", llm=dry_backend, embedder=hashing_embedder,
         cache_dir=tmp_path / "cache", use_cache=False,
     )  # fmt: skip
     assert not (tmp_path / "cache").exists()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from synth.sources import SourceError, load_documents
+from synth.sources import SourceError, check_source, load_documents
 
 
 def test_jsonl_csv_json_and_text_folder(tmp_path: Path) -> None:
@@ -72,3 +72,31 @@ def test_errors_name_the_file_and_problem(tmp_path: Path) -> None:
     blank.write_text('{"id": 1, "text": ""}\n')
     with pytest.raises(SourceError, match="no row has a non-empty 'text'"):
         load_documents(blank)
+
+
+def test_parquet_and_dataset_rows_stream_through_the_same_checks(tmp_path: Path) -> None:
+    from datasets import Dataset
+
+    rows = [
+        {"id": "a", "text": "kept", "meta": {"k": "v"}},
+        {"id": None, "text": "no id", "meta": {"k": "v"}},
+        {"id": "c", "text": None, "meta": {"k": "v"}},
+    ]
+    ds = Dataset.from_list(rows)
+    ds.to_parquet(str(tmp_path / "d.parquet"))
+    ds.save_to_disk(str(tmp_path / "saved"))
+    for path in (tmp_path / "d.parquet", tmp_path / "saved"):
+        assert check_source(path) == []
+        kept, dropped = load_documents(path)
+        assert kept == [{"meta": {"k": "v"}, "id": "a", "text": "kept"}]
+        assert [(d["reason"], d["source_id"], d["detail"]) for d in dropped] == [
+            ("missing_id", "", "row 2: no 'id'"),
+            ("empty_text", "c", "row 3"),
+        ]
+    # A struct column used as the text is a counted drop, never its Python repr.
+    Dataset.from_list([{"id": "s", "body": {"k": "v"}}]).to_parquet(str(tmp_path / "s.parquet"))
+    assert check_source(tmp_path / "s.parquet", text_column="body") == [
+        f"{tmp_path / 's.parquet'}: no row has a non-empty 'body' (dropped: text_not_a_string=1)"
+    ]
+    with pytest.raises(SourceError, match="no row has a non-empty 'body'"):
+        load_documents(tmp_path / "s.parquet", text_column="body")

@@ -62,7 +62,7 @@ def fine_tune(train_rows: list[dict[str, str]], args: argparse.Namespace, out: P
 
 
 def evaluate_model(model: Any, data: Any) -> dict[str, float]:
-    from synth.beir import evaluate
+    from synth.eval.beir import evaluate
 
     model.max_seq_length = 256
     return {k: round(v, 4) for k, v in evaluate(model, data, "test").items()}
@@ -160,8 +160,8 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from synth.backends.vllm import VLLMBackend
-    from synth.beir import load_beir
     from synth.embedders import SentenceTransformerEmbedder
+    from synth.eval.beir import load_beir
     from synth.models import resolve_model
     from synth.recipe import load_recipe
 

@@ -7,9 +7,15 @@ The only module that imports `openai`. Why it looks the way it does:
   ourselves with exponential backoff + jitter (honouring Retry-After) so every retry is counted
   by reason (`stats`) and a request that still fails becomes a `Completion(error=...)`, which
   the generate step records as a drop instead of losing the row or killing the run.
+- A 200 without usable text (no choices, `content: null`, a body that is not JSON) is retried
+  like a 5xx (reason `bad_reply`) and, if it persists, becomes an error: never a reply to cache.
 - Any other 4xx means the request itself is wrong (bad key, unknown model): retrying cannot help,
   so the whole call fails fast with one `APIError` line naming the endpoint. The key never
   appears in it: it is read from the env var `api_key_env` names and scrubbed from messages.
+- Keys go only where the recipe sends them: `$OPENAI_API_KEY` only to the default OpenAI endpoint;
+  any other `base_url` gets a key only from the variable `api_key_env` names, else none at all.
+- The URL goes to the client as written, but every copy we write (model id = cache identity, card,
+  summary, errors) is redacted (synth/redact.py): no userinfo, no secret query values.
 """
 
 from __future__ import annotations
@@ -24,13 +30,17 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import openai
 
 from synth.backends import BackendError, Completion, Messages, ResultCallback, SamplingParams
+from synth.redact import looks_like_secret, redact_text, redact_url
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+NO_KEY = "EMPTY"  # what the client sends when no key is ours to send (it insists on a non-empty one)
+PROMPT_TOO_LONG = "prompt_too_long"  # error prefix for a row whose prompt the model cannot take
 RETRYABLE_STATUS = {408, 409, 429}
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
@@ -104,8 +114,55 @@ def _estimate_tokens(messages: Messages, params: SamplingParams) -> int:
 
 
 def openai_model_id(spec: Any) -> str:
-    """Server model name @ endpoint: part of every request-cache key."""
-    return f"{spec.model}@{(spec.base_url or DEFAULT_BASE_URL).rstrip('/')}"
+    """Server model name @ endpoint (credentials removed): part of every request-cache key, and
+    written to the card, summary.json and every row's provenance."""
+    return f"{spec.model}@{redact_url((spec.base_url or DEFAULT_BASE_URL).rstrip('/'))}"
+
+
+def is_default_endpoint(base_url: str | None) -> bool:
+    """True for OpenAI's own API (https://api.openai.com), the only host `$OPENAI_API_KEY` is sent to."""
+    if not base_url:
+        return True
+    parts = urlsplit(base_url)
+    try:
+        port = parts.port
+    except ValueError:
+        return False
+    return (
+        parts.scheme == "https"
+        and parts.hostname == "api.openai.com"
+        and "@" not in parts.netloc
+        and port in (None, 443)
+    )
+
+
+def api_key(spec: Any) -> tuple[str, str | None]:
+    """(key to send, name of the variable it came from), or (NO_KEY, None) when no key is ours to send.
+
+    The variable `api_key_env` names wins; `$OPENAI_API_KEY` is used only for OpenAI's own endpoint,
+    so a recipe pointing `base_url` at someone else's server cannot collect it. Errors name the
+    variable, never a value.
+    """
+    if spec.api_key_env:
+        name = spec.api_key_env
+        if looks_like_secret(name):
+            raise ValueError(
+                "llm.api_key_env: this looks like a key itself (value not shown); put the key in an "
+                "environment variable and write that variable's NAME here, e.g. api_key_env: MY_API_KEY"
+            )
+        key = os.environ.get(name, "")
+        if not key:
+            raise ValueError(f"llm.api_key_env: environment variable {name} is not set")
+        return key, name
+    if is_default_endpoint(spec.base_url):
+        key = os.environ.get(DEFAULT_KEY_ENV, "")
+        if not key:
+            raise ValueError(
+                f"llm: {DEFAULT_BASE_URL} needs a key: set {DEFAULT_KEY_ENV}, or name the variable that "
+                "holds it in llm.api_key_env"
+            )
+        return key, DEFAULT_KEY_ENV
+    return NO_KEY, None
 
 
 class OpenAIBackend:
@@ -113,20 +170,22 @@ class OpenAIBackend:
 
     def __init__(self, spec: Any) -> None:
         self.spec = spec
-        self.base_url = (spec.base_url or DEFAULT_BASE_URL).rstrip("/")
+        self.base_url = (spec.base_url or DEFAULT_BASE_URL).rstrip("/")  # as written: the client needs it
         self.model_id = openai_model_id(spec)
-        self.key_env = spec.api_key_env or DEFAULT_KEY_ENV
-        key = os.environ.get(self.key_env, "")
-        if spec.api_key_env and not key:
-            raise ValueError(f"llm.api_key_env: environment variable {spec.api_key_env} is not set")
-        self._key = key
-        # Local servers need no key; the client insists on a non-empty one.
+        key, self.key_env = api_key(spec)
+        self._key = key if self.key_env else ""
+        # The client appends `/chat/completions` to base_url's text, query and all: a query in the
+        # URL (`?api-version=...`, a gateway's `?key=...`) goes to every request as default_query.
+        parts = urlsplit(self.base_url)
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
         self._client_kwargs = {
-            "api_key": key or "no-key",
-            "base_url": self.base_url,
+            "api_key": key,
+            "base_url": urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")),
+            "default_query": query or None,
             "timeout": spec.timeout,
             "max_retries": 0,
         }
+        self.url = redact_url(self._client_kwargs["base_url"])  # the endpoint as messages show it
         self._failure_streak = 0
         self.native_n = True  # set False when the server rejects n>1
         self.native_schema = True  # set False when the server rejects response_format json_schema
@@ -238,8 +297,8 @@ class OpenAIBackend:
                 completion = await self._request(client, messages, params, n)
             except _RowRejected as e:
                 self.stats["failed"] += 1
-                self.stats["failed_too_long"] += 1
-                return Completion(texts=[], retries=attempt, error=f"too_long: {e}")
+                self.stats[f"failed_{PROMPT_TOO_LONG}"] += 1
+                return Completion(texts=[], retries=attempt, error=f"{PROMPT_TOO_LONG}: {e}")
             except _Retryable as e:
                 if attempt >= self.spec.max_retries:
                     self.stats["failed"] += 1
@@ -248,7 +307,7 @@ class OpenAIBackend:
                     if self._failure_streak >= max(MIN_FAILURE_STREAK, 2 * self.spec.max_concurrency):
                         # A dead server would otherwise turn every remaining row into a drop.
                         raise APIError(
-                            f"{self.base_url}: {self._failure_streak} requests in a row failed after "
+                            f"{self.url}: {self._failure_streak} requests in a row failed after "
                             f"{attempt + 1} attempts each; last: {e.reason}: {e}"
                         ) from None
                     return Completion(
@@ -303,6 +362,10 @@ class OpenAIBackend:
             raise _Retryable("timeout", f"no reply within {self.spec.timeout:g} s") from e
         except openai.APIConnectionError as e:
             raise _Retryable("connection", self._scrub(str(e.__cause__ or e))) from e
+        except (openai.APIResponseValidationError, json.JSONDecodeError) as e:  # a 200 whose body is not JSON
+            raise _Retryable(
+                "bad_reply", f"HTTP 200 with a body that is not a chat completion: {self._scrub(str(e))[:200]}"
+            ) from e
         except openai.APIStatusError as e:
             status = e.status_code
             message = self._server_message(e)
@@ -326,14 +389,36 @@ class OpenAIBackend:
             ):
                 raise _RowRejected(f"HTTP {status}: {message}") from e  # this row's prompt, not the run
             raise APIError(
-                f"{self.base_url}/chat/completions answered HTTP {status}: {message}"
-                + (f" (check the key in ${self.key_env})" if status in (401, 403) and self.key_env else "")
+                f"{self.url}/chat/completions answered HTTP {status}: {message}{self._key_hint(status)}"
             ) from None
         return self._to_completion(reply, params)
 
+    def _key_hint(self, status: int) -> str:
+        if status not in (401, 403):
+            return ""
+        if self.key_env:
+            return f" (check the key in ${self.key_env})"
+        return (
+            f" (no key was sent: {DEFAULT_KEY_ENV} goes only to {DEFAULT_BASE_URL}; name the variable "
+            "holding this server's key in llm.api_key_env)"
+        )
+
     def _to_completion(self, reply: Any, params: SamplingParams) -> Completion:
-        choices = sorted(reply.choices, key=lambda c: c.index)
-        usage = reply.usage
+        """The reply as a Completion; a 200 without usable text is retried like a 5xx, never returned."""
+        raw_choices = getattr(reply, "choices", None)
+        if not isinstance(raw_choices, list):
+            shown = self._scrub(" ".join(str(reply).split())[:200])
+            raise _Retryable("bad_reply", f"HTTP 200 with a body that is not a chat completion: {shown!r}")
+        if not raw_choices:
+            raise _Retryable("bad_reply", "HTTP 200 with no choices")
+        choices = sorted(raw_choices, key=lambda c: c.index or 0)
+        for c in choices:
+            message = getattr(c, "message", None)
+            if getattr(message, "content", None) is None:
+                refusal = getattr(message, "refusal", None)
+                detail = f" (refusal: {' '.join(str(refusal).split())[:200]})" if refusal else ""
+                raise _Retryable("bad_reply", f"HTTP 200 with no text (content null){detail}")
+        usage = getattr(reply, "usage", None)
         logprobs = None
         if params.logprobs:
             logprobs = [
@@ -344,7 +429,7 @@ class OpenAIBackend:
                 for c in choices
             ]
         return Completion(
-            texts=[c.message.content or "" for c in choices],
+            texts=[c.message.content for c in choices],
             finish_reasons=[str(c.finish_reason) for c in choices],
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
@@ -368,7 +453,9 @@ class OpenAIBackend:
         return self._scrub(" ".join(text.split())[:500])
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
+        """No key, no credentials of any URL in a message we pass on."""
+        text = text.replace(self._key, "***") if self._key else text
+        return redact_text(text)
 
 
 class _RowRejected(Exception):

@@ -5,17 +5,31 @@ AVX2), eager mode, a fixed KV-cache size (SYNTH_CPU_KV_CACHE_GIB, default 1) ins
 fraction (which fails when other processes hold memory), and no chunked prefill, which is what
 lets per-request seeds work on CPU. On GPU it uses bf16. Every request carries the step's seed,
 so a reply depends only on its prompt and parameters, never on which batch it ran in.
+
+Two things keep one bad row or one Ctrl-C from costing more than it should:
+- Every prompt is measured with the engine's own tokenizer and chat template before it is
+  queued; one longer than `max_model_len - max_tokens` comes back as
+  `Completion(error="prompt_too_long: ...")` (a dropped row) instead of a VLLMValidationError
+  that kills the whole run.
+- The engine starts in a helper thread while the main thread waits in an interruptible join:
+  vLLM's start-up waits (zmq polls) swallow KeyboardInterrupt, which left synth hanging for up to
+  10 minutes with the engine process alive. On Ctrl-C or a failed start we kill the engine
+  processes it spawned before the error reaches the user.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from synth.backends import Completion, Messages, ResultCallback, SamplingParams
+from synth.backends import BackendError, Completion, Messages, ResultCallback, SamplingParams
 from synth.models import folder_fingerprint, resolve_model
+
+PROMPT_TOO_LONG = "prompt_too_long"  # error prefix for a row whose prompt the model cannot take
+ENGINE_STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL what is still alive after this long
 
 
 def _on_cpu() -> bool:
@@ -37,6 +51,71 @@ def _top_logprobs(samples: Any) -> list[list[dict[str, float]]]:
     ]
 
 
+def _engine_processes(before: set[int]) -> list[Any]:
+    """Our descendant processes that were not there before the engine started (the resource
+    tracker excepted: multiprocessing shares it, and it exits with us)."""
+    import psutil
+
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.pid not in before and "resource_tracker" not in " ".join(proc.cmdline()):
+                found.append(proc)
+        except psutil.Error:  # already gone
+            continue
+    return found
+
+
+def _stop_processes(processes: list[Any]) -> None:
+    """SIGTERM, wait a little, SIGKILL the rest: an engine left behind holds memory and a core."""
+    import psutil
+
+    for proc in processes:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(processes, timeout=ENGINE_STOP_GRACE_S)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=ENGINE_STOP_GRACE_S)
+
+
+def start_engine(kwargs: dict[str, Any], name: str) -> Any:
+    """`vllm.LLM(**kwargs)`, but Ctrl-C and start-up errors never leave an engine process behind."""
+    import psutil
+    from vllm import LLM
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    built: dict[str, Any] = {}
+
+    def build() -> None:
+        try:
+            built["llm"] = LLM(**kwargs)
+        except BaseException as e:  # handed to the main thread below
+            built["error"] = e
+
+    thread = threading.Thread(target=build, name="synth-vllm-start", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.2)  # interruptible, unlike vLLM's own waits
+    except BaseException:  # Ctrl-C while the engine starts
+        _stop_processes(_engine_processes(before))
+        raise
+    error = built.get("error")
+    if error is not None:
+        _stop_processes(_engine_processes(before))
+        if isinstance(error, KeyboardInterrupt | SystemExit):
+            raise error
+        detail = " ".join(str(error).split())[:500] or type(error).__name__
+        raise BackendError(f"the vLLM engine for {name} did not start: {detail}") from error
+    return built["llm"]
+
+
 def vllm_model_id(spec: Any) -> str:
     """The model name, plus a content fingerprint when it is a local folder (cache keys notice new weights)."""
     local = Path(resolve_model(spec.model))
@@ -47,8 +126,6 @@ class VLLMBackend:
     kind = "vllm"
 
     def __init__(self, spec: Any) -> None:
-        from vllm import LLM
-
         self.spec = spec
         self.cpu = _on_cpu()
         path = resolve_model(spec.model)
@@ -72,7 +149,9 @@ class VLLMBackend:
             # they work (measured: same replies for a request alone and inside a 40-prompt batch).
             kwargs["enable_chunked_prefill"] = False
         kwargs.update(spec.engine_kwargs)
-        self.llm = LLM(**kwargs)
+        self.llm = start_engine(kwargs, spec.model)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
 
     def _sampling(self, params: SamplingParams) -> Any:
         from vllm import SamplingParams as VSamplingParams
@@ -105,12 +184,26 @@ class VLLMBackend:
         results: list[Completion | None] = [None] * len(conversations)
         engine = self.llm.llm_engine
         size = self.spec.batch_size
+        limit = self.max_model_len - params.max_tokens
         for start in range(0, len(conversations), size):
-            batch = list(conversations[start : start + size])
-            request_ids = self.llm.enqueue_chat(batch, sampling, use_tqdm=False)
+            positions = []  # indices into `conversations` of the prompts that fit
+            for offset, length in enumerate(self.prompt_lengths(conversations[start : start + size])):
+                if length <= limit:
+                    positions.append(start + offset)
+                    continue
+                error = (
+                    f"{PROMPT_TOO_LONG}: {length} tokens > limit {limit} "
+                    f"(max_model_len {self.max_model_len} - max_tokens {params.max_tokens})"
+                )
+                results[start + offset] = Completion(texts=[], error=error)  # never sent: no tokens counted
+                if on_result:
+                    on_result(start + offset, results[start + offset])  # type: ignore[arg-type]
+            if not positions:
+                continue
+            request_ids = self.llm.enqueue_chat([conversations[i] for i in positions], sampling, use_tqdm=False)
             index: dict[str, int] = {}
-            for offset, rid in enumerate(request_ids):
-                index[rid] = index[rid.rsplit("-", 1)[0]] = start + offset  # outputs carry the id without suffix
+            for i, rid in zip(positions, request_ids, strict=True):
+                index[rid] = index[rid.rsplit("-", 1)[0]] = i  # outputs carry the id without suffix
             while engine.has_unfinished_requests():
                 for out in engine.step():
                     if not out.finished:
@@ -130,6 +223,17 @@ class VLLMBackend:
         if missing:
             raise RuntimeError(f"vLLM returned no output for {len(missing)} requests")
         return results  # type: ignore[return-value]
+
+    def prompt_lengths(self, conversations: Sequence[Messages]) -> list[int]:
+        """Prompt tokens per conversation, as the engine will count them (its tokenizer and chat template)."""
+        if not conversations:
+            return []
+        try:
+            texts = self.tokenizer.apply_chat_template(list(conversations), tokenize=False, add_generation_prompt=True)
+        except Exception:  # a tokenizer without an HF chat template: the messages alone, a lower bound
+            texts = ["\n".join(m.get("content", "") for m in c) for c in conversations]
+        encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return [len(ids) for ids in encoded]
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

@@ -4,6 +4,7 @@
     select.py   window, margins, sampling on sorted candidates (pure numpy)
     search.py   corpus vectors on disk, exact (streaming) and faiss top-k
     engine.py   group pairs, embed, search, guard, rescore, select, teach
+    result.py   MiningResult, MinedQuery: what the engine gives back
     rescore.py  cross-encoder and LLM judges, teacher fusion
     formats.py  the one writer of trainer layouts (sentence-transformers, FlagEmbedding, BEIR, ...)
     api.py      mine_dataset: the Python entry point (worked example there)
@@ -26,8 +27,8 @@ _EXPORTS = {
     "Guards": "spec",
     "MineSpec": "spec",
     "CorpusSpec": "spec",
-    "MiningResult": "engine",
-    "MinedQuery": "engine",
+    "MiningResult": "result",
+    "MinedQuery": "result",
     "run_mining": "engine",
     "FormatOptions": "formats",
     "write_formats": "formats",

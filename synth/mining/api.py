@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from synth.embedders import Embedder
-from synth.mining.engine import MiningResult, group_pairs, run_mining
+from synth.mining.engine import group_pairs, run_mining
 from synth.mining.formats import ROW_FORMATS, FormatOptions
 from synth.mining.rescore import LLMJudgeRescorer, Rescorer
+from synth.mining.result import MiningResult
 from synth.mining.spec import Guards, MiningParams
 from synth.progress import Progress
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from synth.embedders import Embedder
 from synth.mining.rescore import FUSERS, Rescorer
+from synth.mining.result import MinedQuery, MiningResult, removal_totals
 from synth.mining.search import StreamingTopK, VectorFile, Vectors, embed_to_file, faiss_top_k, top_k
 from synth.mining.select import finish, row_rng, windows
 from synth.mining.spec import Guards, MiningParams
@@ -24,28 +25,6 @@ from synth.progress import Advance, Progress, SilentProgress
 
 STREAM_LIMIT = 32 << 20  # (queries x pool) entries kept while streaming; above it, search afterwards
 Window = tuple[np.ndarray, np.ndarray, int]  # candidate indices, their scores, how many exclusion removed
-
-
-@dataclass
-class MinedQuery:
-    """One unique query and what was mined for it; scores are the margin-driving scores."""
-
-    query: int  # index into the queries
-    positives: list[int]  # corpus indices
-    positive_scores: list[float]
-    negatives: list[int]  # corpus indices, best first
-    negative_scores: list[float]
-    removed: dict[str, int] = field(default_factory=dict)  # candidates each rule removed
-    # teacher name -> scores of positives then negatives (soft labels); "embedder" always present
-    teachers: dict[str, list[float]] = field(default_factory=dict)
-
-
-@dataclass
-class MiningResult:
-    queries: list[str]
-    corpus: list[str]
-    mined: list[MinedQuery]
-    stats: dict[str, object]
 
 
 @dataclass
@@ -88,15 +67,6 @@ def group_pairs(
             grouped[g].append(index[p])
         pair_at.append((g, index[p]))
     return Grouped(list(groups), grouped, texts, searchable, pair_at)
-
-
-def removal_totals(mined: Sequence[MinedQuery]) -> dict[str, int]:
-    """Sum of each rule's removed-candidate counts over queries (for reports and the card)."""
-    totals: dict[str, int] = {}
-    for m in mined:
-        for name, count in m.removed.items():
-            totals[name] = totals.get(name, 0) + count
-    return totals
 
 
 def search_windows(

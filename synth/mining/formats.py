@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from synth.mining.engine import MinedQuery, MiningResult
+from synth.mining.result import MinedQuery, MiningResult
 from synth.mining.spec import FORMAT_NAMES
 
 Row = dict[str, Any]

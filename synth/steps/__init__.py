@@ -12,6 +12,6 @@ from synth.steps.filter import FilterStep
 from synth.steps.generate import GenerateStep
 from synth.steps.mine import MineNegativesStep
 
-STEP_KINDS: dict[str, type[Step]] = {kind.key: kind for kind in (GenerateStep, FilterStep, MineNegativesStep)}
+STEP_KINDS: dict[str, type[Step]] = {kind.key: kind for kind in (GenerateStep, MineNegativesStep, FilterStep)}
 
 __all__ = ["STEP_KINDS", "Row", "Step", "StepContext", "StepResult", "drop", "stable_hash"]

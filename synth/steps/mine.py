@@ -13,14 +13,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from synth.backends import Messages
-from synth.mining.engine import MiningResult, group_pairs, run_mining
+from synth.mining.engine import group_pairs, run_mining
 from synth.mining.formats import FormatOptions, write_formats
 from synth.mining.rescore import CrossEncoderRescorer, LLMJudgeRescorer, Rescorer
+from synth.mining.result import MiningResult
 from synth.mining.spec import CorpusSpec, MineSpec
 from synth.progress import Advance, Progress
 from synth.prompts import PromptLibrary
 from synth.sources import load_documents
-from synth.steps.base import Row, Step, StepContext, StepResult, drop
+from synth.steps.base import Row, Step, StepContext, StepResult, drop, stable_hash
 
 NEW_COLUMNS = ("negatives", "negative_ids", "negative_scores", "positive_score")
 
@@ -45,6 +46,11 @@ class MineNegativesStep(Step):
     def __init__(self, spec: MineSpec) -> None:
         super().__init__(spec)
         self.result: MiningResult | None = None  # kept for write_extras
+
+    def fingerprint(self, ctx: StepContext) -> str:
+        judged = "llm" in self.spec.scorers
+        template = ctx.prompts.fingerprint(self.spec.judge_template) if judged else None
+        return stable_hash({"spec": self.spec.model_dump(mode="json"), "template": template})
 
     def corpus(self, rows: Sequence[Row], ctx: StepContext) -> list[Row]:
         """The documents negatives are drawn from: source docs, a column's unique texts, or a file."""
