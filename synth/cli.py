@@ -7,6 +7,7 @@ commands so that `synth --help` answers at once.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -51,47 +52,119 @@ def generate(
     limit: Annotated[int | None, typer.Option(help="Use only the first N source rows.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder.")] = None,
     set_: SetOpt = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show engine logs.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also show engine and library logs (always in logs/engine.log).")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")] = False,
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Neither read nor write the request and embedding caches.")
     ] = False,
+    executor: Annotated[
+        str, typer.Option(help="Where row-wise steps run: local (this process) or ray (a Ray cluster).")
+    ] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start a local one).")
+    ] = None,
 ) -> None:
     """Run a recipe end to end and write a training-ready dataset (re-runs reuse cached replies)."""
-    if not verbose:
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if limit is not None and limit < 1:
         _fail(f"--limit {limit}: must be 1 or more")
+    if quiet and verbose:
+        _fail("--quiet and --verbose: choose one")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # save_to_disk bars: noise in the log
+    from synth.logs import route_engine_logs
+
+    with route_engine_logs(_show_log_line if verbose else None) as log, _console_on(log):
+        try:
+            result = _generate(recipe, limit, output, set_, no_cache, quiet, log, executor, address)
+        except (typer.Exit, SystemExit):
+            raise
+        except BaseException:  # a bug, not a user error: the traceback follows, the log stays
+            log.keep = True
+            err_console.print(f"engine and library logs: {log.path}", highlight=False, soft_wrap=True)
+            raise
+        saved = result.output_dir / "logs" / "engine.log"
+        log.keep = not saved.is_file()  # the output has no copy: keep the temporary one
+        where = saved if saved.is_file() else log.path
+    _print_summary(result)
+    if not quiet:
+        console.print(f"engine and library logs: {where}", highlight=False, soft_wrap=True)
+
+
+def _generate(recipe, limit, output, set_, no_cache, quiet, log, executor="local", address=None):  # type: ignore[no-untyped-def]
+    """The run itself, its library output going to `log`; bars on a terminal, plain lines otherwise."""
     spec, recipe_dir = _load(recipe, set_)
-    from synth.progress import RichProgress
+    from synth.progress import PlainProgress, RichProgress, SilentProgress
     from synth.runner import run_recipe, validate_recipe
 
     problems = _checked(lambda: validate_recipe(spec, recipe_dir, limit=limit))
     if problems:
         _fail(f"{recipe}: invalid recipe\n" + "\n".join(problems))
-    progress = RichProgress(console)
-    with progress.bars:
-        result = _checked(
+
+    def run(progress) -> object:  # type: ignore[no-untyped-def]
+        return _checked(
             lambda: run_recipe(
-                spec, recipe_dir, limit=limit, output_dir=output, progress=progress, use_cache=not no_cache
-            )
+                spec,
+                recipe_dir,
+                limit=limit,
+                output_dir=output,
+                progress=progress,
+                use_cache=not no_cache,
+                executor=executor,
+                address=address,
+            ),
+            log=log,
         )
-    _print_summary(result)
+
+    if quiet:
+        return run(SilentProgress())
+    if console.is_terminal:
+        bars = RichProgress(console, redirect=False)  # library output goes to the log, not above the bars
+        with bars.bars:
+            return run(bars)
+    return run(PlainProgress(lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)))
 
 
-def _checked(fn):  # type: ignore[no-untyped-def]
-    """Run fn; user-facing errors (bad input, templates, sources) become one line, not a traceback."""
+def _show_log_line(line: str) -> None:
+    """-v: an engine or library line, dimmed, above the progress bars."""
+    console.print(line, style="dim", markup=False, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _console_on(log):  # type: ignore[no-untyped-def]
+    """synth's consoles write to the terminal while the run log holds stdout and stderr."""
+    console.file, err_console.file = log.console_out, log.console_err
+    try:
+        yield
+    finally:
+        console.file = err_console.file = None  # type: ignore[assignment]
+
+
+def _checked(fn, log=None):  # type: ignore[no-untyped-def]
+    """Run fn; user-facing errors (bad input, templates, sources) become one line, not a traceback.
+
+    With a run `log`, the line also says where the engine's own messages are.
+    """
     from synth.backends import BackendError
     from synth.prompts import PromptError
     from synth.runner import RunFailed
     from synth.sources import SourceError
 
+    logs = ""
+    if log is not None:
+        logs = f"\nengine and library logs: {log.path}"
     try:
         return fn()
     except (SourceError, PromptError, ValueError, FileNotFoundError, BackendError, RunFailed) as e:
-        _fail(str(e), code=1)
+        if log is not None:
+            log.keep = True
+        _fail(str(e) + logs, code=1)
     except KeyboardInterrupt:  # Ctrl-C: nothing half-written; replies received so far are in the cache
-        _fail("interrupted: no output written; replies received so far are cached, run again to resume", code=130)
+        if log is not None:
+            log.keep = True
+        _fail(
+            "interrupted: no output written; replies received so far are cached, run again to resume" + logs, code=130
+        )
 
 
 def _print_summary(result) -> None:  # type: ignore[no-untyped-def]
@@ -199,9 +272,36 @@ def inspect(
     _checked(lambda: inspect_output(output, console, examples))
 
 
+@app.command()
+def push(
+    output: Annotated[Path, typer.Argument(help="An output folder written by `synth generate`.")],
+    repo_id: Annotated[str, typer.Argument(help="The dataset repository on the Hugging Face Hub: OWNER/NAME.")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repository as private.")] = False,
+    token_env: Annotated[
+        str, typer.Option("--token-env", help="The environment variable that holds the Hub token.")
+    ] = "HF_TOKEN",
+    to_folder: Annotated[
+        Path | None,
+        typer.Option("--to-folder", help="Write what would be uploaded into this local folder instead (no token)."),
+    ] = None,
+) -> None:
+    """Publish an output to the Hugging Face Hub: the dataset, details/ and dropped/ as configs, card, report."""
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    from synth.publish import HfHubRepository, LocalFolderRepository, PushError, push_output, token_from_env
+
+    try:
+        hub = LocalFolderRepository(to_folder) if to_folder is not None else HfHubRepository(token_from_env(token_env))
+        with console.status(f"pushing {output} to {repo_id}"):
+            url = push_output(output, repo_id, hub, private=private)
+    except PushError as e:
+        _fail(str(e), code=1)
+    console.print(f"[bold green]pushed[/] {output} to {url}", highlight=False, soft_wrap=True)
+
+
 from synth.mining.cli import mine_command  # noqa: E402  (typer only; heavy imports stay inside)
 
 app.command("mine")(mine_command)
+app.add_typer(__import__("synth.eval.cli", fromlist=["app"]).app, name="eval")  # `synth eval ...`
 
 if __name__ == "__main__":  # pragma: no cover
     app()

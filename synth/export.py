@@ -24,88 +24,24 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from synth.export_files import (  # noqa: F401 - training_rows, dropped_dataset: the export's public names
+    _details_dataset,
+    _dropped_to_disk,
+    _jsonable,
+    _training_dataset,
+    dropped_dataset,
+    training_rows,
+    write_jsonl,
+)
+from synth.export_layout import NO_LAYOUT, Layout, write_instruction_views
 from synth.faults import crash_point
 
 Row = dict[str, Any]
-
-
-def training_rows(rows: Sequence[Row], anchor: str, positive: str, negatives: Sequence[str] = ()) -> list[Row]:
-    """anchor/positive/negative_1..k rows: the `negatives` columns first, then the mined negatives.
-
-    k is the same for every row (the fewest any row has), as sentence-transformers needs.
-    """
-    if not rows:
-        return []
-    for column in (anchor, positive, *negatives):
-        if column not in rows[0]:
-            raise ValueError(f"output.columns: no column {column!r} in the final rows (columns: {', '.join(rows[0])})")
-    k = min((len(r.get("negatives") or []) for r in rows), default=0)
-    out = []
-    for r in rows:
-        item = {"anchor": str(r[anchor]), "positive": str(r[positive])}
-        chosen = [str(r[c]) for c in negatives] + list((r.get("negatives") or [])[:k])
-        for j, text in enumerate(chosen):
-            item[f"negative_{j + 1}"] = text
-        out.append(item)
-    return out
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float | int | str | bool) or value is None:
-        return value
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return str(value)
-
-
-def _details_rows(rows: Sequence[Row]) -> list[Row]:
-    """All columns, with values made JSON-safe and missing keys filled so Arrow gets one schema."""
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    return [{k: _jsonable(r.get(k)) for k in keys} for r in rows]
-
-
-def write_jsonl(path: Path, rows: Sequence[Row]) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(_jsonable(r), ensure_ascii=False) + "\n")
-
-
-DROPPED_COLUMNS = ("step", "rule", "reason", "source_id", "values")
-
-
-def dropped_dataset(dropped: Sequence[Row]) -> Any:
-    """Drop records as one Arrow schema: step, rule, reason, source_id, and `values` (JSON of the evidence).
-
-    Evidence differs by rule (a score, a raw reply, a list of tokens), so it is kept as a JSON
-    string rather than columns whose types would clash between rules.
-    """
-    from datasets import Dataset, Features, Value
-
-    columns: dict[str, list[str]] = {c: [] for c in DROPPED_COLUMNS}
-    for d in dropped:
-        for c in DROPPED_COLUMNS[:-1]:
-            columns[c].append("" if d.get(c) is None else str(d.get(c)))
-        rest = {k: v for k, v in d.items() if k not in DROPPED_COLUMNS}
-        columns["values"].append(json.dumps(_jsonable(rest), ensure_ascii=False))
-    return Dataset.from_dict(columns, features=Features({c: Value("string") for c in DROPPED_COLUMNS}))
-
-
-def _training_dataset(train: Sequence[Row]) -> Any:
-    """The trainer's dataset; with no rows it still has the anchor/positive columns and loads."""
-    from datasets import Dataset, Features, Value
-
-    if train:
-        return Dataset.from_list(list(train))
-    return Dataset.from_dict(
-        {"anchor": [], "positive": []}, features=Features({"anchor": Value("string"), "positive": Value("string")})
-    )
 
 
 MARKER = ".synth-output"
@@ -314,7 +250,7 @@ def _marker(folder: Path) -> None:
 def write_output(
     out_dir: Path,
     rows: Sequence[Row],
-    dropped: Sequence[Row],
+    dropped: Iterable[Row],
     *,
     anchor: str,
     positive: str,
@@ -325,32 +261,41 @@ def write_output(
     extras: Callable[[Path], None] | None = None,
     negative_columns: Sequence[str] = (),
     inputs: Sequence[Path] = (),
+    layout: Layout = NO_LAYOUT,
 ) -> Path:
     """Write everything into a temp folder next to `out_dir`, then swap it in with renames.
 
     Refuses (OutputError) every output check_output_dir refuses, again under the output's lock.
+    `rows` may be a list or rows that stay on disk (a streamed run's shards, read a batch at a
+    time): every file is written batch by batch, so memory does not grow with the row count.
     `extras(folder)` runs last, on the complete temp folder (report, plots), before the swap.
     """
-    from datasets import Dataset
-
-    train = training_rows(rows, anchor, positive, negative_columns)
+    train = training_rows(rows, anchor, positive, negative_columns, layout)
     check_output_dir(out_dir, inputs)
     shown, out_dir = Path(out_dir), _resolved(out_dir)
     with output_lock(shown):
         check_output_dir(shown, inputs)  # again: the folder may have changed before we held the lock
         _remove_stale_temp_folders(out_dir)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
+        # Arrow files built batch by batch before save_to_disk copies them in: a temp folder of the
+        # same name pattern, so a killed run's leftovers are removed like the output's own.
+        scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
         try:
-            _training_dataset(train).save_to_disk(str(tmp), num_shards=1)
+            training = _training_dataset(train, scratch)
+            training.save_to_disk(str(tmp), num_shards=1)
             crash_point("export")
-            if rows:
-                Dataset.from_list(_details_rows(rows)).save_to_disk(str(tmp / "details"))
+            if len(rows):
+                _details_dataset(rows, scratch).save_to_disk(str(tmp / "details"))
             write_jsonl(tmp / "dropped.jsonl", dropped)
-            dropped_dataset(dropped).save_to_disk(str(tmp / "dropped"), num_shards=1)  # 1 shard: empty stays loadable
+            # One shard: an empty drop list still loads.
+            _dropped_to_disk(dropped, scratch).save_to_disk(str(tmp / "dropped"), num_shards=1)
             if "jsonl" in formats:
                 write_jsonl(tmp / "train.jsonl", train)
             if "parquet" in formats:
-                Dataset.from_list(train).to_parquet(str(tmp / "train.parquet"))
+                training.to_parquet(str(tmp / "train.parquet"))
+            if layout.instruction is not None:  # by_instruction/, prompts.json, flagembedding.jsonl
+                raw = training_rows(rows, anchor, positive, negative_columns, layout.without_instruction())
+                write_instruction_views(tmp, rows, raw, layout)
             (tmp / "README.md").write_text(card, encoding="utf-8")
             (tmp / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
             (tmp / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2), encoding="utf-8")
@@ -361,6 +306,8 @@ def write_output(
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     return out_dir
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from synth.backends import Completion, LLMBackend, Messages, SamplingParams, backend_identity, make_backend
 from synth.cache import RequestCache, request_key
 from synth.faults import crash_point
-from synth.progress import Progress, SilentProgress
+from synth.progress import Progress, SilentProgress, count_tokens
 
 PROMPT_TOO_LONG = (
     "prompt_too_long"  # error prefix of a request refused for its length (a row's fault, not the server's)
@@ -98,6 +98,7 @@ class CachedLLM:
                 self.cache.put(keys[missing[j]], completion, self.model_id)
                 crash_point("reply")
             step(1)
+            count_tokens(step, completion.completion_tokens)
 
         fresh: dict[int, Completion] = {}
         if missing:

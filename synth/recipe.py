@@ -6,7 +6,6 @@ loads, with the field path, instead of being silently ignored after an hour of g
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -22,6 +21,10 @@ from pydantic import (
     model_validator,
 )
 
+from synth.export import plain_name
+from synth.export_layout import DEFAULT_FORMAT as DEFAULT_INSTRUCTION_FORMAT
+from synth.export_layout import Layout
+from synth.publish import PushSpec
 from synth.specs import EmbedderSpec, LLMSpec, SamplingSpec, SourceSpec, Strict
 from synth.steps import STEP_KINDS
 
@@ -70,17 +73,24 @@ StepItem = _step_union()
 
 
 class ColumnsSpec(Strict):
-    """Which row columns become the sentence-transformers anchor/positive/negatives."""
+    """Which row columns become the sentence-transformers anchor/positive/negatives (and score, instruction)."""
 
     anchor: str = "query"
     positive: str = "text"
     negatives: list[str] = Field(default_factory=list)  # e.g. an LLM-written negative; placed before mined ones
+    score: str | None = None  # exported as a float `score` column (CoSENTLoss / CosineSimilarityLoss)
+    instruction: str | None = None  # each row's task instruction: prefixes anchors (synth/export_layout.py)
+    instruction_format: str = DEFAULT_INSTRUCTION_FORMAT  # "{instruction}" is replaced by the row's instruction
+
+    def layout(self) -> Layout:
+        return Layout(score=self.score, instruction=self.instruction, instruction_format=self.instruction_format)
 
 
 class OutputSpec(Strict):
     dir: Path | None = None  # default: outputs/<recipe name>
     formats: list[Literal["jsonl", "parquet"]] = Field(default_factory=list)
     columns: ColumnsSpec = Field(default_factory=ColumnsSpec)
+    push_to_hub: PushSpec | None = None  # OWNER/NAME or {repo_id, private, token_env}: publish after each run
 
 
 class Recipe(Strict):
@@ -99,9 +109,7 @@ class Recipe(Strict):
     @field_validator("name")
     @classmethod
     def _plain_name(cls, v: str | None) -> str | None:
-        if v is not None and (v in (".", "..") or not re.fullmatch(r"[A-Za-z0-9._-]+", v)):
-            raise ValueError("must be a plain folder name (letters, digits, '.', '_', '-'; not '.' or '..')")
-        return v
+        return v if v is None else plain_name(v)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Recipe:

@@ -7,6 +7,7 @@ stops a run whose requests mostly failed (keeping the previous output), and writ
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -16,14 +17,20 @@ import yaml
 
 from synth.backends import LLMBackend, Messages
 from synth.embedders import Embedder
+from synth.executors import Executor, make_executor, pipeline
+from synth.executors.shards import read_rows
 from synth.export import check_output_dir, output_lock, write_output
+from synth.logs import copy_run_log
 from synth.model_pool import ModelPool
 from synth.progress import Progress, SilentProgress
 from synth.prompts import PromptLibrary
+from synth.publish import HubRepository, hub_for, push_with_spec
 from synth.recipe import Recipe, input_paths
 from synth.report.summary import RunResult, StepReport
-from synth.sources import check_source, load_documents
+from synth.sources import check_source_spec, load_source_spec
 from synth.steps import STEP_KINDS, Row, Step, StepContext, StepResult
+
+BATCH_ROWS = 4096  # rows per shard: what a row-wise step holds at once, and the unit a resumed run skips
 
 
 class RunFailed(RuntimeError):
@@ -37,7 +44,7 @@ def build_steps(recipe: Recipe) -> list[Step]:
 def load_source(recipe: Recipe, limit: int | None = None) -> tuple[list[Row], list[Row]]:
     src = recipe.source
     limits = [x for x in (limit, src.limit) if x is not None]
-    return load_documents(src.path, src.format, src.text_column, src.id_column, min(limits) if limits else None)
+    return load_source_spec(src, min(limits) if limits else None)
 
 
 def default_output_dir(recipe: Recipe) -> Path:
@@ -49,12 +56,12 @@ def validate_recipe(recipe: Recipe, recipe_dir: Path, limit: int | None = None) 
     render every template on the first row and check the columns each step needs."""
     src = recipe.source
     limits = [x for x in (limit, src.limit) if x is not None]
-    source_problems = check_source(src.path, src.format, src.text_column, src.id_column, min(limits, default=None))
+    source_problems = check_source_spec(src, min(limits, default=None))
     if source_problems:
         return source_problems
     docs, _ = load_source(recipe, limit=1)
     if not docs:
-        return [f"source {recipe.source.path}: no usable rows"]
+        return [f"source {recipe.source.path or 'seeds'}: no usable rows"]
     prompts = PromptLibrary(recipe_dir)
     steps = build_steps(recipe)
     problems: list[str] = []
@@ -63,7 +70,7 @@ def validate_recipe(recipe: Recipe, recipe_dir: Path, limit: int | None = None) 
         problems.extend(step.problems(row, prompts))
         row = step.preview(dict(row))
     columns = recipe.output.columns
-    for column in (columns.anchor, columns.positive, *columns.negatives):
+    for column in (columns.anchor, columns.positive, *columns.negatives, *columns.layout().columns()):
         if column not in row:
             problems.append(f"output.columns: no column {column!r} in the final rows")
     return problems
@@ -94,18 +101,52 @@ def run_recipe(
     embedder: Embedder | None = None,
     cache_dir: Path | None = None,
     use_cache: bool = True,
+    executor: str = "local",
+    address: str | None = None,
+    batch_rows: int = BATCH_ROWS,
+    hub: HubRepository | None = None,
 ) -> RunResult:
     """Run every step and write the output. Pass `llm`/`embedder` to reuse already-built default models.
 
     With the cache on (default: `$SYNTH_HOME/cache`), LLM replies and embeddings already paid for
-    are reused, so a re-run or a run resumed after a crash only computes what is missing.
+    are reused, so a re-run or a run resumed after a crash only computes what is missing; steps
+    and shards a killed run finished are skipped outright (synth/executors/pipeline.py).
+    `executor`: "local" (this process) or "ray" (row-wise steps as Ray Data stages on the
+    cluster at `address`, or on a local one started for the run). `batch_rows`: rows per shard.
     """
     started = time.perf_counter()
+    if executor != "local" and llm is not None:
+        raise ValueError(f"--executor {executor}: actors build the recipe's LLMs themselves; pass no built `llm`")
     progress = progress or SilentProgress()
     out = output_dir or default_output_dir(recipe)
     check_output_dir(out, input_paths(recipe))  # before any model loads or request is paid for
+    push = recipe.output.push_to_hub
+    if push is not None and hub is None:
+        hub = hub_for(push)  # no token, or HF_HUB_OFFLINE: one line before anything is paid for
     with output_lock(out):  # a second run on the same output is refused before it pays for anything
-        return _run(recipe, recipe_dir, out, limit, progress, llm, embedder, cache_dir, use_cache, started)
+        runner = make_executor(executor, recipe=recipe, recipe_dir=recipe_dir, address=address, progress=progress)
+        try:
+            result = _run(
+                recipe,
+                recipe_dir,
+                out,
+                limit,
+                progress,
+                llm,
+                embedder,
+                cache_dir,
+                use_cache,
+                started,
+                runner,
+                batch_rows,
+            )
+        finally:
+            runner.close()
+        if push is not None:  # still under the lock: nothing replaces the output while it uploads
+            with progress.task(f"pushing to the Hub: {push.repo_id}", 1) as advance:
+                push_with_spec(result.output_dir, push, hub)
+                advance(1)
+        return result
 
 
 def _run(
@@ -119,37 +160,50 @@ def _run(
     cache_dir: Path | None,
     use_cache: bool,
     started: float,
+    executor: Executor,
+    batch_rows: int,
 ) -> RunResult:
-    docs, dropped = load_source(recipe, limit)
+    steps = build_steps(recipe)
     pool = ModelPool(recipe, progress=progress, use_cache=use_cache, cache_dir=cache_dir, llm=llm, embedder=embedder)
     ctx = StepContext(
-        prompts=PromptLibrary(recipe_dir), documents=docs, llm=pool.llm, embedder=pool.embedder, progress=progress
+        prompts=PromptLibrary(recipe_dir), documents=[], llm=pool.llm, embedder=pool.embedder, progress=progress
     )
-    rows: list[Row] = [dict(d, source_id=d["id"]) for d in docs]
-    reports = [
-        StepReport("source", "source", len(docs) + len(dropped), len(docs), dict(Counter(d["reason"] for d in dropped)))
-    ]
-    steps = build_steps(recipe)
+    work = pipeline.work_folder(out)
     try:
-        for step in steps:
-            t0 = time.perf_counter()
+        keys = pipeline.chain_keys(recipe, limit, steps, ctx, batch_rows)
+        pipeline.prepare_work(work, keys, fresh=not use_cache)
+        executor.start(pool)
+        docs, source_drops, records = pipeline.read_source(recipe, limit, work / f"source-{keys[0]}", batch_rows)
+        ctx.documents = pipeline.final_rows(docs)
+        drop_files, extras = [source_drops], []
+        reasons = Counter(str(d["reason"]) for d in read_rows(source_drops))
+        reports = [StepReport("source", "source", records, docs.total, dict(reasons))]
+        stage, previous = docs, None
+        folders = [work / f"step{i}-{keys[i + 1]}" for i in range(len(steps))]
+        finished = pipeline.resume_point(folders)
+        for i, (step, folder) in enumerate(zip(steps, folders, strict=True)):
             fingerprint = step.fingerprint(ctx)
-            result = step(rows, ctx)
-            _check_failures(step, result, recipe.max_failed_share)
+            done = pipeline.run_step(
+                step, ctx, stage, folder, executor, _check_failures, recipe.max_failed_share, batch_rows, i <= finished
+            )
             reports.append(
                 StepReport(
                     name=step.name,
                     kind=step.key,
-                    rows_in=len(rows),
-                    rows_out=len(result.rows),
-                    dropped=dict(Counter(d["reason"] for d in result.dropped)),
-                    usage=result.usage,
-                    seconds=round(time.perf_counter() - t0, 2),
+                    rows_in=done.rows_in,
+                    rows_out=done.stage.total,
+                    dropped=done.dropped,
+                    usage=done.usage,
+                    seconds=done.seconds,
                     fingerprint=fingerprint,
+                    stats=done.stats,
                 )
             )
-            rows = result.rows
-            dropped.extend(result.dropped)
+            if previous is not None and (folder / "_done.json").is_file():  # a resume starts after this step
+                shutil.rmtree(previous / "rows", ignore_errors=True)  # read: only its drops and extras are needed
+            stage, previous = done.stage, folder
+            drop_files.append(done.drops)
+            extras.append(done.extras)
         models = pool.identities()
     finally:
         pool.close()
@@ -157,13 +211,15 @@ def _run(
     from synth.report.markdown import write_report
     from synth.report.summary import summary_dict
 
-    result = RunResult(out, rows, dropped, reports, round(time.perf_counter() - started, 2), models)
+    dropped = pipeline.concat_drops(drop_files, work / "dropped.jsonl")
+    rows = pipeline.final_rows(stage)
+    result = RunResult(out, rows, dropped, reports, round(time.perf_counter() - started, 2), models)  # type: ignore[arg-type]
 
-    def extras(folder: Path) -> None:
+    def write_extras(folder: Path) -> None:
         """The report, then files a step adds to the output folder (a mine step's extra formats)."""
         write_report(folder)
-        for step in steps:
-            step.write_extras(folder)
+        pipeline.copy_extras(extras, folder)
+        copy_run_log(folder)  # logs/engine.log when the CLI routes the engine's output (synth/logs.py)
 
     with progress.task("writing dataset", 1) as advance:
         write_output(
@@ -177,11 +233,14 @@ def _run(
             card=dataset_card(recipe, result),
             recipe_yaml=yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False),
             summary=summary_dict(result),
-            extras=extras,
+            extras=write_extras,
             inputs=input_paths(recipe),
+            layout=recipe.output.columns.layout(),
         )
         advance(1)
     result.output_dir = out.resolve()
+    result.rows, result.dropped = pipeline.output_views(result.output_dir)  # type: ignore[assignment]
+    shutil.rmtree(work, ignore_errors=True)
     return result
 
 

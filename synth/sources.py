@@ -1,4 +1,9 @@
-"""Reading sources: jsonl / json / csv / parquet / a folder of .txt files / a saved dataset.
+"""Reading sources: jsonl / json / csv / parquet / a folder of .txt files / a saved dataset /
+a YAML list of seeds, or seeds given inline in the recipe (`source.seeds`).
+
+A source need not be a corpus: seeds (task families, topics, personas) start recipes that write
+their own texts (E5-style synthetic tasks). A seed is a string (its text; ids are its position)
+or a mapping like a JSON row; seeds pass the same checks as any other source.
 
 Every source becomes a list of rows with a string `id` and the text column (renamed `text`), plus
 whatever other columns the file had. (Rows are plain dicts here: the step modules import this
@@ -179,7 +184,48 @@ def _dataset(path: Path) -> Iterator[Record]:
             yield ("row", n), dict(zip(batch, values, strict=True))
 
 
-_READERS = {"jsonl": _jsonl, "json": _json, "csv": _csv, "text": _text, "parquet": _parquet, "dataset": _dataset}
+MAX_SEEDS_BYTES = 10_000_000  # a seeds file is a short list, never a corpus
+
+
+def seed_records(seeds: list[Any], unit: str = "item") -> Iterator[Record]:
+    """Seeds as records: a string is {"id": its position, "text": it}, a mapping is a row as it is."""
+    for i, seed in enumerate(seeds):
+        loc = (unit, i + 1)
+        if isinstance(seed, str):
+            yield loc, {"id": str(i), "text": seed}
+        elif isinstance(seed, dict):
+            yield loc, {str(k): v for k, v in seed.items()}
+        else:
+            yield loc, f"a seed is a string or a mapping, not {_kind(seed)}"
+
+
+def _yaml(path: Path) -> Iterator[Record]:
+    """A YAML list of seeds (aliases refused: a seeds file may come from someone else)."""
+    import yaml
+
+    if path.stat().st_size > MAX_SEEDS_BYTES:
+        raise SourceError(f"{path}: larger than {MAX_SEEDS_BYTES // 1_000_000} MB; a seeds file is a short list")
+    text = _read_text_file(path)
+    try:
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text)):
+            raise SourceError(f"{path}: YAML aliases (*name) are not allowed in a seeds file")
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SourceError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(value, list):
+        raise SourceError(f"{path}: expected a YAML list of seeds (strings or mappings), found {_kind(value)}")
+    return seed_records(value, unit="row")
+
+
+_READERS = {
+    "jsonl": _jsonl,
+    "json": _json,
+    "csv": _csv,
+    "text": _text,
+    "parquet": _parquet,
+    "dataset": _dataset,
+    "yaml": _yaml,
+}
 
 
 def _detect_format(path: Path) -> str:
@@ -191,6 +237,8 @@ def _detect_format(path: Path) -> str:
         return formats[suffix]
     if suffix == ".txt":
         return "text"
+    if suffix in (".yaml", ".yml"):
+        return "yaml"
     raise SourceError(f"{path}: cannot tell the format from the name; set `format:`")
 
 
@@ -288,10 +336,17 @@ class _Scan:
 
 
 def _scan(
-    path: Path, fmt: str, text_column: str, id_column: str | None, limit: int | None, keep: bool, first_only: bool
+    path: Path,
+    fmt: str,
+    text_column: str,
+    id_column: str | None,
+    limit: int | None,
+    keep: bool,
+    first_only: bool,
+    records: Iterator[Record] | None = None,
 ) -> _Scan:
     scan = _Scan(path, text_column, id_column, keep)
-    for loc, item in iter_records(path, fmt):
+    for loc, item in records if records is not None else iter_records(path, fmt):
         scan.add(loc, item)
         if first_only and scan.problems:
             return scan
@@ -333,3 +388,30 @@ def check_source(
     if len(problems) > MAX_PROBLEMS:
         problems = [*problems[:MAX_PROBLEMS], f"{path}: ... and {len(problems) - MAX_PROBLEMS} more problems"]
     return problems
+
+
+INLINE = Path("source.seeds")  # how inline seeds are named in messages
+
+
+def source_records(spec: Any) -> tuple[Path, Iterator[Record]]:
+    """(name used in messages, records) of a recipe's `source` (a SourceSpec): its file, or its inline `seeds`."""
+    if getattr(spec, "seeds", None) is not None:
+        return INLINE, seed_records(spec.seeds)
+    return Path(spec.path), iter_records(Path(spec.path), spec.format)
+
+
+def load_source_spec(spec: Any, limit: int | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`load_documents` for a recipe's `source`, file or inline seeds."""
+    name, records = source_records(spec)
+    scan = _scan(name, spec.format, spec.text_column, spec.id_column, limit, True, True, records)
+    if scan.problems:
+        raise SourceError(scan.problems[0])
+    return scan.rows, scan.dropped
+
+
+def check_source_spec(spec: Any, limit: int | None = None) -> list[str]:
+    """`check_source` for a recipe's `source`, file or inline seeds."""
+    if getattr(spec, "seeds", None) is None:
+        return check_source(spec.path, spec.format, spec.text_column, spec.id_column, limit)
+    scan = _scan(INLINE, "seeds", spec.text_column, spec.id_column, limit, False, False, seed_records(spec.seeds))
+    return scan.problems[:MAX_PROBLEMS]

@@ -21,13 +21,22 @@ class Strict(BaseModel):
 
 
 class SourceSpec(Strict):
-    """Where the input texts come from. Paths are relative to the recipe file."""
+    """Where the input texts come from: a file (paths are relative to the recipe file) or inline seeds."""
 
-    path: Path
-    format: Literal["auto", "jsonl", "json", "csv", "parquet", "text", "dataset"] = "auto"
+    path: Path | None = None
+    seeds: list[str | dict[str, Any]] | None = None  # task families, topics, personas (synth/sources.py)
+    format: Literal["auto", "jsonl", "json", "csv", "parquet", "text", "dataset", "yaml"] = "auto"
     text_column: str = "text"
     id_column: str | None = "id"
     limit: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SourceSpec:
+        if (self.path is None) == (self.seeds is None):
+            raise ValueError("give exactly one of `path` (a file) or `seeds` (a list given inline)")
+        if self.seeds is not None and not self.seeds:
+            raise ValueError("seeds: needs at least one seed")
+        return self
 
 
 class SamplingSpec(Strict):

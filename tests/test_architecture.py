@@ -100,7 +100,7 @@ def test_each_step_kind_and_backend_is_registered_once() -> None:
     from synth.backends import BACKENDS
     from synth.steps import STEP_KINDS
 
-    assert sorted(STEP_KINDS) == ["filter", "generate", "mine_negatives"]
+    assert sorted(STEP_KINDS) == ["filter", "generate", "map", "mine_negatives", "similarity"]
     for key, kind in STEP_KINDS.items():
         assert kind.key == key  # one name per kind: YAML key, class attribute, report kind
     assert {"vllm", "openai", "dry-run"} <= set(BACKENDS)

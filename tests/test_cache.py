@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from synth.backends import Completion, SamplingParams
-from synth.cache import RequestCache, request_key
-from synth.cache import EmbeddingCache
+from synth.cache import EmbeddingCache, RequestCache, request_key
 from synth.embedders import CachedEmbedder
 
 MESSAGES = [{"role": "user", "content": "Write a query."}]

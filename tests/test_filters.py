@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from synth.dedup import find_duplicates, same_words
 from synth.backends import Completion
+from synth.dedup import find_duplicates, same_words
 from synth.parsers import yes_probability
 from synth.recipe import RecipeError, load_recipe
 from synth.steps.base import StepContext

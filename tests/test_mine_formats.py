@@ -263,3 +263,114 @@ def test_mine_dataset_rejects_bad_input() -> None:
 
 def test_the_spec_validates_exactly_the_formats_the_writer_writes() -> None:
     assert FORMATS == FORMAT_NAMES and set(FORMATS) == {*ROW_FORMATS, "beir"}
+
+
+# --- false negatives, listwise and pair-score ---------------------------------------------------
+
+# A judge for which qb's d0 ("alpha one", .97) is more relevant than qb's own positive d3 (.95).
+JUDGE = {("qa", "alpha one"): 0.9, ("qa", "delta"): 0.8, ("qa", "alpha one!"): 0.5, ("qa", "gamma"): 0.4}
+JUDGE |= {("qb", "delta"): 0.95, ("qb", "alpha one"): 0.97, ("qb", "alpha one!"): 0.3, ("qb", "epsilon"): 0.6}
+JUDGE |= {("qb", "gamma"): 0.2, ("qb", "zeta"): 0.1}
+
+
+def _judged(mode: str = "promote", margin: float | None = None, **kwargs: object):  # type: ignore[no-untyped-def]
+    params = MiningParams(num_negatives=2, false_negatives=mode, false_negative_margin=margin)  # type: ignore[arg-type]
+    return _mine(params=params, rescorer=TableRescorer(JUDGE), **kwargs)
+
+
+def test_promoted_false_negatives_become_positives_of_their_query() -> None:
+    out = _judged()
+    qa, qb = out.result.mined
+    assert qa.promoted == [] and qa.positives == [0, 3]
+    assert qb.promoted == [0] and qb.positives == [3, 0] and qb.given == [3]
+    assert qb.positive_scores == [0.95, 0.97] and 0 not in qb.negatives
+    assert _neg_texts(out)[1] == ["epsilon", "alpha one!"]  # d0 left the negatives
+    assert qb.teachers["table"] == [0.95, 0.97, 0.6, 0.3] and qb.teachers["embedder"][:2] == [F(0.8), 0.0]
+    assert out.result.stats["false_negatives"] == {
+        "mode": "promote",
+        "margin": 0.0,
+        "found": 1,
+        "promoted": 1,
+        "queries_with_promoted": 1,
+    }
+
+
+def test_dropped_false_negatives_are_counted_not_promoted() -> None:
+    out = _judged("drop", margin=0.0)
+    qb = out.result.mined[1]
+    assert qb.promoted == [] and qb.positives == [3] and 0 not in qb.negatives
+    assert qb.removed["false_negative"] == 1
+    assert out.result.stats["false_negatives"]["promoted"] == 0  # type: ignore[index]
+    # No margin in drop mode: the rule is off and d0 (.97) is qb's first negative, as before.
+    plain = _mine(params=MiningParams(num_negatives=2), rescorer=TableRescorer(JUDGE))
+    assert _neg_texts(plain)[1][0] == "alpha one" and "false_negatives" not in plain.result.stats
+
+
+def test_a_positive_relative_margin_promotes_candidates_just_below_the_positive() -> None:
+    # qa's lowest positive is .8; margin .4 promotes scores >= .8 - .32 = .48: d1 (.5), not d2 (.4).
+    qa = _judged(margin=0.4).result.mined[0]
+    assert qa.promoted == [1] and qa.positives == [0, 3, 1] and qa.negatives[0] == 2
+
+
+def test_promotion_needs_a_judge() -> None:
+    from pydantic import ValidationError
+
+    from synth.mining.spec import MineSpec
+
+    with pytest.raises(ValueError, match="rescorer"):
+        _mine(params=MiningParams(num_negatives=2, false_negatives="promote"))
+    with pytest.raises(ValidationError, match="needs a judge"):
+        MineSpec(false_negatives="promote")
+    with pytest.raises(ValidationError, match=r"\[0, 1\)"):
+        MiningParams(false_negative_margin=1.0)
+
+
+def test_promoted_positives_in_every_multi_positive_layout(tmp_path: Path) -> None:
+    out = _judged()
+    opts = FormatOptions(num_negatives=2, output_scores=True)
+    lists = [r for r in ROW_FORMATS["labeled-list"](out.result, FormatOptions(num_negatives=2)) if r["anchor"] == "qb"]
+    assert lists == [
+        {"anchor": "qb", "positive": ["delta", "alpha one", "epsilon", "alpha one!"], "labels": [1, 1, 0, 0]}
+    ]
+    scored = [r for r in ROW_FORMATS["labeled-list"](out.result, opts) if r["anchor"] == "qb"]
+    assert scored[0]["scores"] == [0.95, 0.97, 0.6, 0.3]
+    flag = ROW_FORMATS["flagembedding"](out.result, opts)[1]
+    assert flag["pos"] == ["delta", "alpha one"] and flag["pos_scores"] == [0.95, 0.97]
+    # The plain layouts: one row per positive.
+    tuples = [r for r in ROW_FORMATS["n-tuple"](out.result, opts) if r["anchor"] == "qb"]
+    assert [r["positive"] for r in tuples] == ["delta", "alpha one"]
+    write_beir(out.result, tmp_path / "beir")
+    qrels = (tmp_path / "beir" / "qrels" / "train.tsv").read_text().splitlines()
+    assert qrels == ["query-id\tcorpus-id\tscore", "q0\td0\t1", "q0\td3\t1", "q1\td3\t1", "q1\td0\t1"]
+
+
+def test_listwise_is_ordered_by_the_teacher() -> None:
+    out = _judged()
+    rows = ROW_FORMATS["listwise"](out.result, FormatOptions())
+    assert rows[1] == {
+        "query": "qb",
+        "documents": ["alpha one", "delta", "epsilon", "alpha one!"],
+        "scores": [0.97, 0.95, 0.6, 0.3],
+    }
+    by_embedder = ROW_FORMATS["listwise"](out.result, FormatOptions(teacher="embedder"))[1]
+    assert by_embedder["documents"] == [
+        "delta",
+        "epsilon",
+        "alpha one!",
+        "alpha one",
+    ]  # .8, .6, .6 (tie: order kept), 0
+    # An unscored document (NaN) goes last, whatever the others score.
+    out.result.mined[1].negative_scores[0] = float("nan")
+    last = ROW_FORMATS["listwise"](out.result, FormatOptions())[1]
+    assert last["documents"][-1] == "epsilon" and np.isnan(last["scores"][-1])
+
+
+def test_pair_score_rows_are_query_document_teacher_score() -> None:
+    rows = ROW_FORMATS["pair-score"](_judged().result, FormatOptions())
+    assert [r for r in rows if r["sentence1"] == "qb"] == [
+        {"sentence1": "qb", "sentence2": "delta", "score": 0.95},
+        {"sentence1": "qb", "sentence2": "alpha one", "score": 0.97},
+        {"sentence1": "qb", "sentence2": "epsilon", "score": 0.6},
+        {"sentence1": "qb", "sentence2": "alpha one!", "score": 0.3},
+    ]
+    assert len(rows) == 8  # qa: 2 positives + 2 negatives, qb: 2 + 2

@@ -8,8 +8,8 @@ import math
 import numpy as np
 from datasets import load_from_disk
 
-from synth.sources import load_documents
 from synth.recipe import load_recipe
+from synth.sources import load_documents
 from tests.conftest import QUICKSTART
 
 
@@ -47,7 +47,7 @@ def test_quickstart_reports_counts_tokens_and_drops(quickstart_run) -> None:  # 
     assert all(d["step"] and d["reason"] and d["source_id"] for d in dropped)
     card = (out / "README.md").read_text()
     assert "smollm2-135m-instruct" in card and "all-minilm-l6-v2" in card
-    assert "| queries | generate |" in card and "| negatives | mine |" in card
+    assert "| queries | generate |" in card and "| negatives | mine_negatives |" in card  # kind = YAML key
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rows"] == len(quickstart_run.rows)
 

@@ -5,6 +5,7 @@ Starts real engines: run under `flock /tmp/synth-engine.lock` like every engine 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -151,3 +152,29 @@ def test_an_engine_that_cannot_start_is_one_line_and_leaves_nothing(tmp_path: Pa
     assert "error: the vLLM engine for smollm2-135m-instruct did not start" in stderr
     assert "not_a_vllm_option" in stderr
     assert _alive(list(seen.values())) == []
+
+
+CLOSE_SCRIPT = """
+import json, psutil
+from synth.backends.vllm import VLLMBackend
+from synth.recipe import LLMSpec
+
+if __name__ == "__main__":
+    backend = VLLMBackend(LLMSpec())
+    engine = [p.pid for p in psutil.Process().children(recursive=True) if "resource_tracker" not in " ".join(p.cmdline())]
+    backend.close()
+    alive = [pid for pid in engine if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    print(json.dumps({"engine": engine, "alive_after_close": alive}))
+"""
+
+
+def test_close_stops_the_engine_processes_right_away(tmp_path: Path) -> None:
+    """Before: close() looked for LLMEngine.shutdown, which vLLM 0.32 lacks; the engine lived until exit."""
+    script = tmp_path / "close_engine.py"
+    script.write_text(CLOSE_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=300, start_new_session=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["engine"] and report["alive_after_close"] == []

@@ -236,10 +236,15 @@ class VLLMBackend:
         return [len(ids) for ids in encoded]
 
     def close(self) -> None:
+        """Stop the engine processes now, not at interpreter exit (vLLM 0.32's LLMEngine has no
+        shutdown(); its engine-core client does)."""
         llm = getattr(self, "llm", None)
-        if llm is not None:
-            engine = getattr(llm, "llm_engine", None)
-            shutdown = getattr(engine, "shutdown", None) if engine else None
+        if llm is None:
+            return
+        self.llm = None
+        engine = getattr(llm, "llm_engine", None)
+        for owner in (engine, getattr(engine, "engine_core", None)):
+            shutdown = getattr(owner, "shutdown", None)
             if callable(shutdown):
                 shutdown()
-            self.llm = None
+                return

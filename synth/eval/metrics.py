@@ -43,3 +43,14 @@ def exact_search(query_emb: np.ndarray, doc_emb: np.ndarray, doc_ids: Sequence[s
             order = cand[np.argsort(-row[cand], kind="stable")]
             out.append([doc_ids[i] for i in order])
     return out
+
+
+def recall_at(ranked: dict[str, list[str]], qrels: dict[str, dict[str, int]], k: int) -> float:
+    """Mean share of each query's relevant documents found in its top k (LIMIT reports @2, @10)."""
+    return retrieval_metrics(ranked, qrels, k_recall=k)[f"recall@{k}"]
+
+
+def accuracy_at_1(ranked: dict[str, list[str]], qrels: dict[str, dict[str, int]]) -> float:
+    """Share of queries whose first hit is relevant (LongEmbed's passkey/needle score, = nDCG@1 there)."""
+    hits = [bool(ranked.get(q)) and rels.get(ranked[q][0], 0) > 0 for q, rels in qrels.items()]
+    return float(np.mean(hits)) if hits else 0.0

@@ -3,7 +3,9 @@
 Shared by the recipe step (synth/steps/mine.py) and `mine_dataset` / `synth mine`
 (synth/mining/api.py). Inputs are grouped first (`group_pairs`): one entry per unique query with
 the corpus indices of all its positives, so identical queries share their positives (none of them
-can be another copy's negative) and margins use the lowest positive score.
+can be another copy's negative) and margins use the lowest positive score. After rescoring and
+before the margins, candidates scored as high as the positive (within `false_negative_margin`)
+leave the window: dropped, or with `false_negatives: promote` made extra positives of the query.
 """
 
 from __future__ import annotations
@@ -239,6 +241,34 @@ def _lowest(scores: np.ndarray) -> float:
     return float(scored.min()) if len(scored) else (float("nan") if len(scores) else 0.0)
 
 
+def split_false_negatives(
+    idx: np.ndarray, scores: np.ndarray, positive_score: float, params: MiningParams
+) -> tuple[np.ndarray, np.ndarray, list[int], list[float]]:
+    """(window without false negatives, their scores, the false negatives, their scores).
+
+    A candidate scoring at least `pos - |pos| * false_negative_margin` is one; a NaN positive
+    score (no positive could be judged) finds none, as no bound can be trusted.
+    """
+    margin = params.false_negative_bound
+    if margin is None or len(idx) == 0:
+        return idx, scores, [], []
+    hit = np.asarray(scores, dtype=np.float64) >= positive_score - abs(positive_score) * margin
+    return idx[~hit], scores[~hit], [int(j) for j in idx[hit]], [float(s) for s in scores[hit]]
+
+
+def false_negative_stats(mined: Sequence[MinedQuery], params: MiningParams) -> dict[str, object]:
+    """What the summary and card report: how many candidates were false negatives, and what became of them."""
+    found = sum(m.removed.get("false_negative", 0) for m in mined)
+    promoted = sum(len(m.promoted) for m in mined)
+    return {
+        "mode": params.false_negatives,
+        "margin": params.false_negative_bound,
+        "found": found,
+        "promoted": promoted,
+        "queries_with_promoted": sum(bool(m.promoted) for m in mined),
+    }
+
+
 def run_mining(
     queries: Sequence[str],
     positives: Sequence[list[int]],
@@ -261,6 +291,10 @@ def run_mining(
     are not documents (a recipe's corpus file need not hold them): embedded, never searched.
     """
     progress = progress or SilentProgress()
+    if params.false_negatives == "promote" and rescorer is None:
+        raise ValueError(
+            "false_negatives='promote' needs a rescorer (a judge) to decide which candidates are positives"
+        )
     if fuse is not None and fuse not in FUSERS:
         raise ValueError(f"fuse must be one of {', '.join(FUSERS)}, got {fuse!r}")
     if len(positives) != len(queries) or (exclude_extra is not None and len(exclude_extra) != len(queries)):
@@ -321,18 +355,29 @@ def run_mining(
         mined = []
         for i, (idx, scores, _) in enumerate(found):
             pos = _lowest(np.asarray(margin_pos[i], dtype=np.float64))
+            idx, scores, false_idx, false_scores = split_false_negatives(idx, scores, pos, params)
+            if params.false_negative_bound is not None:
+                removed[i]["false_negative"] = len(false_idx)
             negatives, neg_scores, counts = finish(
                 idx, scores, pos, params, row_rng(params, i), removed[i], max_positives
             )
-            teacher = {"embedder": [float(s) for s in emb_pos[i]] + [emb_window_scores[i][j] for j in negatives]}
-            positive_scores = [float(s) for s in margin_pos[i]]
+            promoted = false_idx if params.false_negatives == "promote" else []
+            emb = [float(s) for s in emb_pos[i]] + [emb_window_scores[i][j] for j in promoted]
+            teacher = {"embedder": emb + [emb_window_scores[i][j] for j in negatives]}
+            positive_scores = [float(s) for s in margin_pos[i]] + (false_scores if promoted else [])
             if rescorer is not None:
                 teacher[rescorer.name] = positive_scores + neg_scores
-            mined.append(MinedQuery(i, list(positives[i]), positive_scores, negatives, neg_scores, counts, teacher))
+            mined.append(
+                MinedQuery(
+                    i, list(positives[i]) + promoted, positive_scores, negatives, neg_scores, counts, teacher, promoted
+                )
+            )
         unscored += _add_teachers(mined, queries, corpus, teachers, fuse, progress)
     finally:
         tmp.cleanup()
     stats: dict[str, object] = {"queries": len(queries), "corpus_size": n_docs, "removed": removal_totals(mined)}
+    if params.false_negative_bound is not None:
+        stats["false_negatives"] = false_negative_stats(mined, params)
     if rescorer is not None or teachers:
         stats["unscored"] = unscored  # pairs a judge could not score: never a negative, NaN as a label
     return MiningResult(list(queries), list(corpus), mined, stats)

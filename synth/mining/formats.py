@@ -5,9 +5,16 @@ sentence-transformers (same rows and column names as its `mine_hard_negatives`):
   n-tuple       (anchor, positive, negative_1..n[, scores=[pos, n1..]]), rows with all n negatives
   labeled-pair  (anchor, positive=document, label 1/0 | score), positives then negatives
   labeled-list  (anchor, positive=[pos, negs...], labels=[1, 0...] | scores=[...])
+  pair-score    (sentence1=query, sentence2=document, score): CoSENTLoss / CosineSimilarityLoss as is
 FlagEmbedding:  {query, pos: [...], neg: [...], pos_scores, neg_scores, prompt}, one line per query
 MarginMSE:      {query, positive, negative, label = score(pos) - score(neg)} (GPL-style)
+listwise:       {query, documents: [...], scores: [...]}, one line per query, ordered by the teacher
+                (E2Rank-style distillation; CrossEncoder ListNet/LambdaLoss take it as is)
 BEIR folder:    corpus.jsonl, queries.jsonl, qrels/train.tsv (positives, score 1)
+
+Promoted false negatives (`false_negatives: promote`) are positives everywhere: one row per
+positive in triplet / n-tuple / labeled-pair / marginmse, extra 1-labels in each labeled-list row,
+in FlagEmbedding's `pos`, in listwise lists and in the BEIR qrels.
 
 `write_formats` is the one writer of these files, for the recipe step and for `synth mine`.
 Scores a judge could not give (NaN) are written as NaN.
@@ -16,6 +23,7 @@ Scores a judge could not give (NaN) are written as NaN.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,18 +96,45 @@ def labeled_pair(result: MiningResult, opts: FormatOptions) -> list[Row]:
 
 
 def labeled_list(result: MiningResult, opts: FormatOptions) -> list[Row]:
+    """One row per given positive: [it, the promoted positives, the negatives], labels 1.. then 0.."""
     rows = []
     for m, q, pos, neg in _pairs(result, opts):
         if not m.negatives:
             continue
-        for p, ps in zip(m.positives, pos, strict=True):
-            docs = [result.corpus[p]] + [result.corpus[n] for n in m.negatives]
+        given = len(m.given)
+        extra, extra_scores = m.promoted, pos[given:]
+        for p, ps in zip(m.given, pos[:given], strict=True):
+            docs = [result.corpus[d] for d in [p, *extra, *m.negatives]]
             row: Row = {opts.anchor: q, opts.positive: docs}
             if opts.output_scores:
-                row["scores"] = [ps, *neg]
+                row["scores"] = [ps, *extra_scores, *neg]
             else:
-                row["labels"] = [1] + [0] * len(m.negatives)
+                row["labels"] = [1] * (1 + len(extra)) + [0] * len(m.negatives)
             rows.append(row)
+    return rows
+
+
+def pair_score(result: MiningResult, opts: FormatOptions) -> list[Row]:
+    """(sentence1, sentence2, score) per positive and negative: the teacher's score, as scored pairs."""
+    return [
+        {"sentence1": q, "sentence2": result.corpus[d], "score": s}
+        for m, q, pos, neg in _pairs(result, opts)
+        for d, s in zip(m.positives + m.negatives, pos + neg, strict=True)
+    ]
+
+
+def listwise(result: MiningResult, opts: FormatOptions) -> list[Row]:
+    """Every positive and negative of a query, best first by the teacher (unscored, NaN, last)."""
+    rows = []
+    for m, q, pos, neg in _pairs(result, opts):
+        if not m.negatives:
+            continue
+        docs, scores = m.positives + m.negatives, pos + neg
+        # Stable sort: ties keep positives first; NaN (unscored) sorts after every score.
+        order = sorted(range(len(docs)), key=lambda j: math.inf if math.isnan(scores[j]) else -scores[j])
+        rows.append(
+            {"query": q, "documents": [result.corpus[docs[j]] for j in order], "scores": [scores[j] for j in order]}
+        )
     return rows
 
 
@@ -134,6 +169,8 @@ ROW_FORMATS: dict[str, Callable[[MiningResult, FormatOptions], list[Row]]] = {
     "labeled-list": labeled_list,
     "flagembedding": flag_embedding,
     "marginmse": margin_mse,
+    "listwise": listwise,
+    "pair-score": pair_score,
 }
 FORMATS = FORMAT_NAMES  # the row formats above, then "beir" (a test holds them equal)
 

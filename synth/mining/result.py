@@ -21,6 +21,14 @@ class MinedQuery:
     removed: dict[str, int] = field(default_factory=dict)  # candidates each rule removed
     # teacher name -> scores of positives then negatives (soft labels); "embedder" always present
     teachers: dict[str, list[float]] = field(default_factory=dict)
+    # candidates a judge scored as high as a positive (`false_negatives: promote`): the last
+    # entries of `positives`, kept there so every layout sees them as positives
+    promoted: list[int] = field(default_factory=list)
+
+    @property
+    def given(self) -> list[int]:
+        """The positives the input paired with this query (without promoted ones)."""
+        return self.positives[: len(self.positives) - len(self.promoted)]
 
 
 @dataclass

@@ -18,7 +18,9 @@ from synth.specs import Strict
 
 # The name each kind of judge gets in teacher scores (`teacher_scores`, the formats' `teacher`).
 SCORER_NAMES = {"cross_encoder": "cross_encoder", "llm": "llm_judge"}
-FormatName = Literal["triplet", "n-tuple", "labeled-pair", "labeled-list", "flagembedding", "marginmse", "beir"]
+FormatName = Literal[
+    "triplet", "n-tuple", "labeled-pair", "labeled-list", "flagembedding", "marginmse", "listwise", "pair-score", "beir"
+]
 FORMAT_NAMES: tuple[str, ...] = get_args(FormatName)  # written by synth/mining/formats.py
 
 
@@ -39,6 +41,10 @@ class MiningParams(Strict):
     st_compatible: bool = False  # sentence-transformers' window semantics (see select.py)
     search: Literal["exact", "faiss"] = "exact"  # faiss: approximate candidates, exact scores (synth[faiss])
     nprobe: int = Field(default=16, ge=1)  # faiss IVF clusters visited per query
+    # Candidates scoring at least `pos - |pos| * false_negative_margin` are false negatives: never
+    # negatives; "promote" makes them extra positives of the query (needs a judge: `rescore`).
+    false_negatives: Literal["drop", "promote"] = "drop"
+    false_negative_margin: float | None = None  # None: off with "drop", 0.0 with "promote"
 
     @field_validator("relative_margin")
     @classmethod
@@ -46,6 +52,20 @@ class MiningParams(Strict):
         if v is not None and not 0 <= v < 1:
             raise ValueError("must be in [0, 1)")
         return v
+
+    @field_validator("false_negative_margin")
+    @classmethod
+    def _false_negative(cls, v: float | None) -> float | None:
+        if v is not None and not 0 <= v < 1:
+            raise ValueError("must be in [0, 1)")
+        return v
+
+    @property
+    def false_negative_bound(self) -> float | None:
+        """The margin below the positive score above which a candidate is a false negative (None: off)."""
+        if self.false_negative_margin is None and self.false_negatives == "promote":
+            return 0.0
+        return self.false_negative_margin
 
     @field_validator("absolute_margin")
     @classmethod
@@ -138,6 +158,8 @@ class MineSpec(Guards, MiningParams):
             raise ValueError("min_negatives must be <= num_negatives")
         if "cross_encoder" in [self.rescore, *self.teachers] and not self.cross_encoder:
             raise ValueError("rescore/teachers use cross_encoder: set cross_encoder to a model")
+        if self.false_negatives == "promote" and self.rescore is None:
+            raise ValueError("false_negatives: promote needs a judge: set rescore (cross_encoder or llm)")
         if self.rescore is not None and self.rescore in self.teachers:
             raise ValueError(f"{self.rescore!r} is already the rescorer; do not list it in teachers too")
         known = ["embedder", *(SCORER_NAMES[k] for k in self.scorers), *(["ensemble"] if self.fuse else [])]

@@ -32,6 +32,42 @@ def _steps_table(result: RunResult) -> str:
     return "\n".join(lines)
 
 
+def _step_stats(result: RunResult) -> str:
+    """One line per step that counted something of its own (mining: removed candidates, false negatives)."""
+    lines = []
+    for r in result.reports:
+        if not r.stats:
+            continue
+        found = r.stats.get("false_negatives")
+        if isinstance(found, dict):
+            lines.append(
+                f"- `{r.name}`: {found.get('found', 0)} false negatives found (mode `{found.get('mode')}`, "
+                f"margin {found.get('margin')}), {found.get('promoted', 0)} promoted to positives "
+                f"of {found.get('queries_with_promoted', 0)} queries ({found.get('promoted_rows', 0)} rows "
+                "kept: a query short of negatives keeps none)"
+            )
+        rest = {k: v for k, v in r.stats.items() if k != "false_negatives"}
+        if rest:
+            lines.append(f"- `{r.name}`: " + json.dumps(rest, ensure_ascii=False, default=str)[:400])
+    return "\n\n" + "\n".join(lines) if lines else ""
+
+
+def _layout_note(recipe: Recipe) -> str:
+    """Card lines for a score column and for task instructions (synth/export_layout.py)."""
+    columns = recipe.output.columns
+    lines = []
+    if columns.score:
+        lines.append(f"- `score`: the row's `{columns.score}` as a float (CoSENTLoss / CosineSimilarityLoss).")
+    if columns.instruction:
+        shown = columns.instruction_format.replace("\n", "\\n")
+        lines.append(
+            f"- each `anchor` starts with its row's `{columns.instruction}` in the format `{shown}`; "
+            "`by_instruction/` (one split per instruction, raw anchors) with `prompts.json` is the same data "
+            "for the trainer's `prompts=` mapping, and `flagembedding.jsonl` has FlagEmbedding's `prompt` field."
+        )
+    return "\n" + "\n".join(lines) if lines else ""
+
+
 def _named_models(models: dict[str, str]) -> str:
     """A card line for the recipe's named models (`llms:` / `embedders:`), empty when it has none."""
     named = [f"`{name}` = `{model}`" for name, model in models.items() if name not in ("llm", "embedder")]
@@ -41,7 +77,9 @@ def _named_models(models: dict[str, str]) -> str:
 def dataset_card(recipe: Recipe, result: RunResult) -> str:
     """README.md of the output folder: what the data is, how to train on it, how it was made."""
     anchor, positive = recipe.output.columns.anchor, recipe.output.columns.positive
-    train = training_rows(result.rows, anchor, positive, recipe.output.columns.negatives)
+    train = training_rows(
+        result.rows, anchor, positive, recipe.output.columns.negatives, recipe.output.columns.layout()
+    )
     columns = list(train[0]) if train else ["anchor", "positive"]
     header = {
         "task_categories": ["sentence-similarity", "text-retrieval"],
@@ -84,7 +122,7 @@ This folder is a `datasets` `save_to_disk` folder with exactly the columns a
 sentence-transformers trainer expects: {", ".join(f"`{c}`" for c in columns)}.
 
 - `anchor`: the generated `{anchor}`; `positive`: the row's `{positive}`;
-- `negative_i`: hard negatives mined from the corpus, most similar first, after margin filters.
+- `negative_i`: hard negatives mined from the corpus, most similar first, after margin filters.{_layout_note(recipe)}
 
 `details/` (same row order) keeps every column: `source_id` (the source document),
 `<step>_sample` and `<step>_template` (sample index and template hash of each generate step),
@@ -92,7 +130,7 @@ sentence-transformers trainer expects: {", ".join(f"`{c}`" for c in columns)}.
 
 ## Steps
 
-{_steps_table(result)}
+{_steps_table(result)}{_step_stats(result)}
 
 Every removed row is in `dropped.jsonl` with `step`, `reason`, `source_id` and the evidence
 (the raw LLM reply for parse failures, the scores for mining drops), and in the `dropped/`

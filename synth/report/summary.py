@@ -42,6 +42,7 @@ class StepReport:
     usage: Usage = field(default_factory=Usage)
     seconds: float = 0.0
     fingerprint: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)  # the step's own counts (mining: removed, false negatives)
 
     # Read-only views of the usage counters, so callers write `report.requests`.
     @property
@@ -80,6 +81,7 @@ class StepReport:
             **counters,
             "seconds": self.seconds,
             "fingerprint": self.fingerprint,
+            "stats": dict(self.stats),
         }
 
     @classmethod
@@ -95,6 +97,7 @@ class StepReport:
             usage=Usage(**{key: _int(raw.get(key)) for key in USAGE_KEYS}),
             seconds=_float(raw.get("seconds")),
             fingerprint=str(raw.get("fingerprint") or ""),
+            stats=dict(raw["stats"]) if isinstance(raw.get("stats"), Mapping) else {},
         )
 
 

@@ -52,6 +52,9 @@ class Step:
 
     key: ClassVar[str]  # the YAML key; also the step's kind in summary.json and the report
     spec_type: ClassVar[type[BaseModel]]
+    # True: the step maps each row on its own, so a batch at a time gives the same rows, order and
+    # drop records as all rows at once; executors then stream it (synth/executors/plan.py).
+    row_wise: ClassVar[bool] = False
 
     def __init__(self, spec: Any) -> None:
         self.spec = spec
@@ -63,6 +66,14 @@ class Step:
 
     def __call__(self, rows: Sequence[Row], ctx: StepContext) -> StepResult:
         raise NotImplementedError
+
+    def split(self) -> tuple[Step | None, Step | None]:
+        """(row-wise head, global tail) of this step: the head runs per batch, the tail on all rows it kept.
+
+        A step whose first part is row-wise (a filter's row-local rules) returns two steps of its
+        own kind; the default is all (`row_wise`) or nothing.
+        """
+        return (self, None) if self.row_wise else (None, self)
 
     def preview(self, row: Row) -> Row:
         """The row after this step, with placeholders for new columns (validate/render load no model)."""

@@ -26,8 +26,10 @@ from synth.steps.filter_spec import (
     DedupRule,
     FilterSpec,
     JudgeRule,
+    LeakageRule,
     LengthRule,
     RegexRule,
+    RepetitionRule,
     RoundTripRule,
     ScriptRule,
 )
@@ -212,6 +214,61 @@ def apply_copy(rule: CopyRule, rows: Sequence[Row], ctx: StepContext, step: str)
     return out
 
 
+def repeated_share(text: str, n: int) -> float:
+    """Share of the text's word n-grams that repeat an earlier one (0.0 for texts shorter than n + 1 words)."""
+    tokens = [w.casefold() for w in words(text)]
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    if len(grams) < 2:
+        return 0.0
+    return round((len(grams) - len(set(grams))) / len(grams), 4)
+
+
+def apply_repetition(rule: RepetitionRule, rows: Sequence[Row], ctx: StepContext, step: str) -> Outcome:
+    out = Outcome()
+    for row in rows:
+        text = text_of(row, rule.column)
+        share = repeated_share(text, rule.n)
+        if share < rule.max_share:
+            out.kept.append(row)
+            continue
+        out.dropped.append(
+            _record(
+                step, rule, "repetitive", row, column=rule.column, value=text, repeated_share=share, n=rule.n,
+                max_share=rule.max_share,
+            )
+        )  # fmt: skip
+    return out
+
+
+def leaked_words(reply: str, examples: Sequence[str], passage: str) -> list[str]:
+    """Words of the reply that appear in a few-shot example but not in the passage (case-folded)."""
+    from_examples = {w.casefold() for e in examples for w in words(e)}
+    in_passage = {w.casefold() for w in words(passage)}
+    return [w for w in words(reply) if w.casefold() in from_examples and w.casefold() not in in_passage]
+
+
+def apply_leakage(rule: LeakageRule, rows: Sequence[Row], ctx: StepContext, step: str) -> Outcome:
+    out = Outcome()
+    for i, row in enumerate(rows):
+        messages = ctx.prompts.render(
+            rule.template, {**row, **rule.vars, "row": row}, f"{i} (id={row.get('source_id')})"
+        )
+        examples = [m["content"] for m in messages if m["role"] == "assistant"]
+        text = text_of(row, rule.column)
+        leaked = leaked_words(text, examples, text_of(row, rule.source_column))
+        share = round(len(leaked) / max(1, len(words(text))), 4)
+        if len(leaked) < rule.min_leaked_words or share < rule.max_share:
+            out.kept.append(row)
+            continue
+        out.dropped.append(
+            _record(
+                step, rule, "fewshot_leak", row, column=rule.column, value=text, leaked_words=leaked,
+                leaked_share=share, examples=examples, max_share=rule.max_share,
+            )
+        )  # fmt: skip
+    return out
+
+
 def apply_roundtrip(rule: RoundTripRule, rows: Sequence[Row], ctx: StepContext, step: str) -> Outcome:
     out = Outcome()
     if not rows:
@@ -276,6 +333,8 @@ RULES: dict[type, Callable[[Any, Sequence[Row], StepContext, str], Outcome]] = {
     ScriptRule: apply_script,
     DedupRule: apply_dedup,
     CopyRule: apply_copy,
+    RepetitionRule: apply_repetition,
+    LeakageRule: apply_leakage,
     RoundTripRule: apply_roundtrip,
     JudgeRule: _apply_judge,
 }
@@ -289,7 +348,9 @@ class FilterStep(Step):
 
     def fingerprint(self, ctx: StepContext) -> str:
         templates = {
-            r.template: ctx.prompts.fingerprint(r.template) for r in self.spec.rules if isinstance(r, JudgeRule)
+            r.template: ctx.prompts.fingerprint(r.template)
+            for r in self.spec.rules
+            if isinstance(r, (JudgeRule, LeakageRule))
         }
         return stable_hash({"spec": self.spec.model_dump(mode="json"), "templates": templates})
 
@@ -300,9 +361,10 @@ class FilterStep(Step):
         problems = []
         for rule in self.spec.rules:
             problems.extend(self.missing_columns(row, rule.columns(), f", rule {rule.label!r}"))
-            if isinstance(rule, JudgeRule):
+            if isinstance(rule, (JudgeRule, LeakageRule)):
+                variables = judge_variables(rule, row) if isinstance(rule, JudgeRule) else {**row, **rule.vars, "row": row}
                 try:
-                    prompts.render(rule.template, judge_variables(rule, row), "0")
+                    prompts.render(rule.template, variables, "0")
                 except ValueError as e:
                     problems.append(f"step {self.name!r}, rule {rule.label!r}: {e}")
         return problems

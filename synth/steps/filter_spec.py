@@ -141,8 +141,49 @@ class JudgeRule(_Rule):
         return [self.column, *self.inputs.values()]  # the template's own variables are checked when it renders
 
 
+class RepetitionRule(_Rule):
+    """Drop degenerate text that repeats itself ("liver cells liver cells liver cells").
+
+    The score is the share of word n-grams that repeat an earlier n-gram of the same text
+    (0: every n-gram is new; 0.8: mostly loops), the signal Gopher-style quality filters use.
+    """
+
+    rule: Literal["repetition"]
+    column: str = "query"
+    n: int = Field(default=2, ge=1, le=5)  # n-gram size in words
+    max_share: float = Field(default=0.3, gt=0, le=1)  # drop at or above this share of repeated n-grams
+
+
+class LeakageRule(_Rule):
+    """Drop replies that copy the prompt's few-shot example instead of answering about the passage.
+
+    Small models often echo the example answer ("honey shelf life ..."). The rule renders the
+    step's template for the row, takes its assistant turns (the few-shot answers), and measures
+    the share of the reply's words that come from an example but not from the passage.
+    """
+
+    rule: Literal["leakage"]
+    column: str = "query"
+    template: str  # the template the column was generated with (its assistant turns are the examples)
+    source_column: str = "text"  # the passage: words found there are not leakage
+    max_share: float = Field(default=0.5, gt=0, le=1)  # drop at or above this share of leaked words
+    min_leaked_words: int = Field(default=2, ge=1)  # fewer leaked words than this never count as leakage
+    vars: dict[str, Any] = Field(default_factory=dict)  # extra template variables (as the generate step's)
+
+    def columns(self) -> list[str]:
+        return [self.column, self.source_column]
+
+
 Rule = Annotated[
-    LengthRule | RegexRule | ScriptRule | DedupRule | CopyRule | RoundTripRule | JudgeRule,
+    LengthRule
+    | RegexRule
+    | ScriptRule
+    | DedupRule
+    | CopyRule
+    | RepetitionRule
+    | LeakageRule
+    | RoundTripRule
+    | JudgeRule,
     Field(discriminator="rule"),
 ]
 

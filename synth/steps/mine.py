@@ -16,7 +16,7 @@ from synth.backends import Messages
 from synth.mining.engine import group_pairs, run_mining
 from synth.mining.formats import FormatOptions, write_formats
 from synth.mining.rescore import CrossEncoderRescorer, LLMJudgeRescorer, Rescorer
-from synth.mining.result import MiningResult
+from synth.mining.result import MinedQuery, MiningResult
 from synth.mining.spec import CorpusSpec, MineSpec
 from synth.progress import Advance, Progress
 from synth.prompts import PromptLibrary
@@ -121,6 +121,8 @@ class MineNegativesStep(Step):
         texts = pairs.corpus
         need = spec.min_negatives or spec.num_negatives
         with_teachers = rescorer is not None or bool(teachers)
+        promoting = spec.false_negatives == "promote"
+        first_of_group: set[int] = set()
         for row, (g, pi) in zip(rows, pairs.pair_at, strict=True):
             m = mined.mined[g]
             at = m.positives.index(pi)
@@ -145,11 +147,34 @@ class MineNegativesStep(Step):
             if with_teachers:  # soft labels: this row's positive, then its negatives, per teacher
                 k = len(m.positives)
                 new["teacher_scores"] = {name: [round(v, 6) for v in [s[at], *s[k:]]] for name, s in m.teachers.items()}
+            if promoting:
+                new["promoted"] = False
             result.rows.append(new)
+            if m.promoted and g not in first_of_group:  # one row per promoted positive, once per query
+                first_of_group.add(g)
+                result.rows.extend(self._promoted_rows(new, m, texts, docs, with_teachers))
         result.stats = {"corpus_size": len(docs), "queries": len(pairs.queries), "removed": mined.stats["removed"]}
+        if "false_negatives" in mined.stats:  # + the promoted rows written (a query short of negatives has none)
+            written = sum(bool(r.get("promoted")) for r in result.rows)
+            result.stats["false_negatives"] = {**mined.stats["false_negatives"], "promoted_rows": written}  # type: ignore[dict-item]
         if "unscored" in mined.stats:
             result.stats["unscored"] = mined.stats["unscored"]
         return result
+
+    def _promoted_rows(
+        self, row: Row, m: MinedQuery, texts: Sequence[str], docs: Sequence[Row], with_teachers: bool
+    ) -> list[Row]:
+        """The query's row again for each promoted positive: the plain anchor/positive layout, one row per positive."""
+        out = []
+        k = len(m.positives)
+        for j, d in enumerate(m.promoted):
+            at = k - len(m.promoted) + j
+            new = {**row, self.spec.positive_column: texts[d], "promoted": True, "promoted_id": str(docs[d]["id"])}
+            new["positive_score"] = round(m.positive_scores[at], 6)
+            if with_teachers:
+                new["teacher_scores"] = {name: [round(v, 6) for v in [s[at], *s[k:]]] for name, s in m.teachers.items()}
+            out.append(new)
+        return out
 
     def preview(self, row: Row) -> Row:
         new = dict(row)
@@ -159,6 +184,8 @@ class MineNegativesStep(Step):
         new["positive_score"] = 0.0
         if self.spec.scorers:
             new["teacher_scores"] = {"embedder": [0.0, 0.0]}
+        if self.spec.false_negatives == "promote":
+            new["promoted"] = False
         return new
 
     def problems(self, row: Row, prompts: PromptLibrary) -> list[str]:

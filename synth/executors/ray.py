@@ -1,0 +1,168 @@
+"""`--executor ray`: row-wise steps as Ray Data `map_batches` stages, one actor pool per stage.
+
+What runs where:
+- the driver (`synth generate`) runs the pipeline of synth/executors/pipeline.py: it reads the
+  source into shards, runs the steps that need every row (dedup, round-trip, mining) itself, and
+  writes the output; it also keeps the request cache and markers, so resume works as locally;
+- a row-wise step (generate, a filter's row-local rules, the judge) becomes a `map_batches`
+  stage over the shards still to do: each actor of the pool holds the step and builds its LLM
+  backend once (a vLLM engine with `num_gpus` per actor on GPU nodes; CPU works too);
+- an actor asks a small cache-reader actor (on the driver's node, reading the driver's request
+  cache) for replies already paid for, sends the rest, and returns each shard's rows, drop
+  records and the fresh replies; the driver commits every reply to the request cache as the
+  stream brings it in, so cache, resume, drops and the report behave exactly as locally.
+  Per-request seeds make the replies, hence the output, independent of which actor sent what.
+
+Shards reach the actors through the object store (one `ray.put` per shard, never all rows in
+the driver at once). Knobs (environment): SYNTH_RAY_ACTORS (actors per stage; default: as many
+as the cluster's CPUs, or GPUs when the LLM is a vLLM engine on a GPU cluster, allow),
+SYNTH_RAY_CPUS_PER_ACTOR (1), SYNTH_RAY_GPUS_PER_ACTOR (default: the engine's
+tensor_parallel_size on a GPU cluster, else 0). Rows per batch: the shard size (4096).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from synth.backends import Completion
+from synth.executors.ray_actor import StepActor, prompt_snapshot
+from synth.executors.shards import read_rows
+from synth.faults import crash_point
+from synth.llm import Usage
+from synth.steps.base import Row, Step, StepContext, StepResult
+
+
+class RayUnavailable(ValueError):
+    """Ray is missing, or the cluster cannot be reached: one line for the user."""
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds with one line when nothing listens at a `host:port` address (ray.init would hang)."""
+    if address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep:
+        raise RayUnavailable(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
+            return
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {reason}") from None
+
+
+class RayExecutor:
+    name = "ray"
+
+    def __init__(self, recipe: Any, recipe_dir: Path | None, *, address: str | None = None, progress: Any = None):
+        try:
+            import ray
+        except ImportError:
+            raise RayUnavailable("--executor ray needs Ray: pip install 'synth[ray]'") from None
+        self.ray = ray
+        self.recipe, self.recipe_dir, self.address = recipe, recipe_dir, address
+        self.pool: Any = None
+        self.reader: Any = None
+        self.started_ray = False
+
+    def start(self, pool: Any) -> None:
+        """Connect (or start a local cluster sized to this machine) once the run's caches exist."""
+        ray = self.ray
+        if self.address:
+            _check_reachable(self.address)
+        # Actors never crash on the driver's crash points (synth/faults.py): the driver commits.
+        env = {"SYNTH_CRASH_AT": "", "TOKENIZERS_PARALLELISM": "false"}
+        if not ray.is_initialized():
+            try:
+                ray.init(
+                    address=self.address,
+                    runtime_env={"env_vars": env},
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level="ERROR",
+                    configure_logging=True,
+                )
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                where = self.address or "a local cluster"
+                raise RayUnavailable(f"cannot start or reach Ray at {where}: {str(e).splitlines()[0]}") from None
+            self.started_ray = True
+        ray.data.DataContext.get_current().enable_progress_bars = False  # the driver shows its own bar
+        for name in ("ray", "ray.data"):  # Ray Data's plan and progress lines: its log files keep them
+            logging.getLogger(name).setLevel(logging.ERROR)
+        self.pool = pool
+        cache = pool.request_cache
+        if cache is not None:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            from synth.executors.ray_actor import CacheReader
+
+            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+            self.reader = ray.remote(CacheReader).options(num_cpus=0, scheduling_strategy=here).remote(str(cache.path))
+
+    def _actors(self, gpu_llm: bool) -> tuple[int, float, float]:
+        """(actors, CPUs per actor, GPUs per actor) from the knobs and the cluster's resources."""
+        resources = self.ray.cluster_resources()
+        gpus_total = float(resources.get("GPU", 0))
+        tp = int(self.recipe.llm.engine_kwargs.get("tensor_parallel_size", 1)) if self.recipe is not None else 1
+        default_gpus = float(tp) if gpu_llm and gpus_total > 0 else 0.0
+        gpus = float(os.environ.get("SYNTH_RAY_GPUS_PER_ACTOR", default_gpus))
+        cpus = float(os.environ.get("SYNTH_RAY_CPUS_PER_ACTOR", 1))
+        fits = int(gpus_total // gpus) if gpus > 0 else int(float(resources.get("CPU", 1)) // max(cpus, 0.001))
+        actors = int(os.environ.get("SYNTH_RAY_ACTORS", max(1, fits)))
+        return max(1, actors), cpus, gpus
+
+    def map_batches(
+        self, step: Step, ctx: StepContext, todo: Sequence[tuple[int, Path]], prepare: Callable[[list[Row]], list[Row]]
+    ) -> Iterator[tuple[int, StepResult]]:
+        """One `map_batches` stage over the shards to do; results in the order they come back."""
+        if not todo:
+            return
+        import numpy as np
+
+        ray = self.ray
+        refs = [(i, ray.put(json.dumps(prepare(read_rows(path)), ensure_ascii=False))) for i, path in todo]
+        items = ray.data.from_items([{"shard": i, "rows": [ref]} for i, ref in refs])
+        gpu_llm = self.recipe is not None and self.recipe.llm.backend == "vllm"
+        actors, cpus, gpus = self._actors(gpu_llm)
+        stage = items.map_batches(
+            StepActor,
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=min(actors, len(todo))),
+            num_cpus=cpus,
+            num_gpus=gpus or None,
+            fn_constructor_kwargs={
+                "step": step,
+                "recipe": self.recipe,
+                "prompts": prompt_snapshot(ctx.prompts),
+                "reader": self.reader,
+            },
+        )
+        cache = self.pool.request_cache if self.pool is not None else None
+        with ctx.progress.task(f"{step.name}: shards on Ray ({actors} actors)", len(todo)) as advance:
+            for batch in stage.iter_batches(batch_size=1, batch_format="numpy"):
+                for shard, payload in zip(np.asarray(batch["shard"]).tolist(), batch["result"], strict=True):
+                    data = json.loads(payload)
+                    if cache is not None:
+                        for key, reply, model_id in data["replies"]:
+                            cache.put(key, Completion(**reply), model_id)
+                            crash_point("reply")
+                    advance(1)
+                    yield (
+                        int(shard),
+                        StepResult(rows=data["rows"], dropped=data["dropped"], usage=Usage(**data["usage"])),
+                    )
+        del refs
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.ray.kill(self.reader)
+            self.reader = None
+        if self.started_ray and self.ray.is_initialized():
+            self.ray.shutdown()

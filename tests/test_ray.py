@@ -1,0 +1,207 @@
+"""`--executor ray` on a real local Ray cluster (2 CPUs) started by the tests: same output, resume, faults.
+
+The cluster is `ray start --head --block` in its own process group, stopped by that group only.
+Each run is the real `synth generate` in a subprocess that connects with `--address`. The
+killed-actor test needs an LLM stage that lasts: a small OpenAI-compatible HTTP server (a real
+implementation of the protocol, deterministic replies, a delay per request) serves the openai
+backend, and the test SIGKILLs the process of a `StepActor` while it is answering.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import QUICKSTART, REPO
+from tests.servers import free_port
+from tests.test_executors import output
+from tests.test_resume import DOUBLES, replies_by_run
+
+RAY = Path(sys.executable).parent / "ray"
+# Ray >= 2.59 authenticates local clusters with a token: the test's cluster and its drivers share one.
+AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    port = free_port()
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's unix sockets live under it
+    env = dict(os.environ, **AUTH)
+    command = [
+        str(RAY), "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
+        "--node-ip-address=127.0.0.1", "--include-dashboard=false", f"--temp-dir={temp}", "--object-store-memory=200000000", "--disable-usage-stats",
+    ]  # fmt: skip
+    head = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    address = f"127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert head.poll() is None, "ray start --head exited"
+            time.sleep(1)
+    time.sleep(3)  # the raylet registers after the GCS listens
+    try:
+        yield address
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # --block: stopping it stops the cluster it started
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+
+
+def generate(
+    out: Path, cache: Path, *extra: str, crash_at: str | None = None, limit: str = "10"
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, SYNTH_CACHE_DIR=str(cache), **AUTH)
+    env.pop("SYNTH_CRASH_AT", None)
+    if crash_at:
+        env["SYNTH_CRASH_AT"] = crash_at
+    command = [sys.executable, "-m", "synth.cli", "generate", str(QUICKSTART), "--limit", limit, "-o", str(out)]
+    return subprocess.run(
+        [*command, *extra], env=env, capture_output=True, text=True, timeout=900, cwd=REPO, start_new_session=True
+    )
+
+
+def test_quickstart_on_ray_equals_the_local_run(tmp_path: Path, ray_cluster: str) -> None:
+    local = generate(tmp_path / "local", tmp_path / "local-cache", *DOUBLES, limit="49")
+    assert local.returncode == 0, local.stderr[-3000:]
+    on_ray = generate(
+        tmp_path / "ray", tmp_path / "ray-cache", *DOUBLES, "--executor", "ray", "--address", ray_cluster, limit="49"
+    )
+    assert on_ray.returncode == 0, on_ray.stderr[-3000:]
+    assert output(tmp_path / "ray") == output(tmp_path / "local")
+    summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
+    queries = next(s for s in summary["steps"] if s["name"] == "queries")
+    assert (queries["requests"], queries["cache_hits"]) == (98, 0)
+    assert list(replies_by_run(tmp_path / "ray-cache").values()) == [98], "the driver committed every reply"
+
+
+def test_a_bad_cluster_address_is_one_line_and_fails(tmp_path: Path) -> None:
+    closed = free_port()
+    done = generate(
+        tmp_path / "out", tmp_path / "cache", *DOUBLES, "--executor", "ray", "--address", f"127.0.0.1:{closed}"
+    )
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: cannot reach the Ray cluster at 127.0.0.1:{closed}: Connection refused"], done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_driver_killed_mid_generation_resumes_without_paying_twice(tmp_path: Path, ray_cluster: str) -> None:
+    on_ray = ("--executor", "ray", "--address", ray_cluster)
+    reference = generate(tmp_path / "ref", tmp_path / "ref-cache", *DOUBLES)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    killed = generate(out, cache, *DOUBLES, *on_ray, crash_at="reply:7")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert list(replies_by_run(cache).values()) == [7]
+    resumed = generate(out, cache, *DOUBLES, *on_ray)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert list(replies_by_run(cache).values()) == [7, 13], "the 7 committed replies were not bought again"
+    assert output(out) == output(tmp_path / "ref")
+
+
+class SlowChat(BaseHTTPRequestHandler):
+    """POST /v1/chat/completions: a few words of the last message, chosen by its hash, after a delay."""
+
+    delay = 0.05
+    served = 0
+    lock = threading.Lock()
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        time.sleep(self.delay)
+        text = body["messages"][-1]["content"]
+        words = re.findall(r"[A-Za-z]{4,}", text) or ["reply"]
+        seed = int(hashlib.sha256(text.encode()).hexdigest(), 16)
+        choices = []
+        for i in range(body.get("n") or 1):
+            picked = [words[(seed >> (8 * j + i)) % len(words)] for j in range(4)]
+            choices.append(
+                {"index": i, "message": {"role": "assistant", "content": " ".join(picked)}, "finish_reason": "stop"}
+            )
+        reply = {
+            "id": "x", "object": "chat.completion", "created": 0, "model": body["model"], "choices": choices,
+            "usage": {"prompt_tokens": len(text.split()), "completion_tokens": 4, "total_tokens": len(text.split()) + 4},
+        }  # fmt: skip
+        data = json.dumps(reply).encode()
+        with SlowChat.lock:
+            SlowChat.served += 1
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def actor_pids() -> list[int]:
+    """Processes of our Ray Data actors (their title names the class)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if b"StepActor" in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_a_worker_actor_killed_mid_stage_the_run_completes(tmp_path: Path, ray_cluster: str) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowChat)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    api = [
+        "--set", "llm.backend=openai", "--set", f"llm.base_url=http://127.0.0.1:{server.server_port}/v1",
+        "--set", "llm.model=slow", "--set", "llm.max_concurrency=1", "--set", "embedder.model=hashing",
+    ]  # fmt: skip
+    try:
+        local = generate(tmp_path / "local", tmp_path / "local-cache", *api, limit="40")
+        assert local.returncode == 0, local.stderr[-3000:]
+        SlowChat.served = 0
+        env = dict(os.environ, SYNTH_CACHE_DIR=str(tmp_path / "cache"), **AUTH)
+        command = [sys.executable, "-m", "synth.cli", "generate", str(QUICKSTART), "--limit", "40"]
+        command += ["-o", str(tmp_path / "ray"), *api, "--executor", "ray", "--address", ray_cluster]
+        run = subprocess.Popen(
+            command,
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        deadline = time.time() + 300
+        while SlowChat.served < 10 and time.time() < deadline and run.poll() is None:
+            time.sleep(0.1)
+        victims = actor_pids()
+        assert victims and run.poll() is None, "the LLM stage was running"
+        os.kill(victims[0], signal.SIGKILL)
+        _, stderr = run.communicate(timeout=600)
+        assert run.returncode == 0, stderr[-3000:]
+        assert SlowChat.served > 80, "the killed actor's shard was asked again"
+        assert output(tmp_path / "ray") == output(tmp_path / "local"), "nothing lost, nothing changed"
+    finally:
+        server.shutdown()
