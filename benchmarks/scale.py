@@ -12,8 +12,10 @@ random NFCorpus document; ids are `d<i>`. Same size, same file, every time.
 Variants:
 - `full`: recipes/beir-queries.yaml as shipped (exact search in round-trip and mining: both are
   O(queries x documents), so 1M documents take hours on 2 cores whatever the runner does);
-- `runner`: the same recipe without the round-trip rule and with `search: faiss` for mining,
-  so every remaining step is linear and the runner's own scaling shows at 1M.
+- `runner`: the same recipe without the round-trip rule and with `search: faiss` for mining
+  (every remaining step is linear in time; mining still holds every query in memory);
+- `stream`: generate + the filter's per-shard rules (length, copy, dedup per source), no
+  corpus-aware step: what the streaming runner itself costs.
 
 Baseline: the committed code (`git archive HEAD` into --baseline-dir), on the sizes it survives.
 
@@ -45,6 +47,12 @@ RUNNER_ONLY = [
     " {rule: copy, column: query, source_column: text}, {rule: dedup, column: query, scope: source}]",
     "steps.2.mine_negatives.search=faiss",
 ]
+STREAM_ONLY = [  # generate + the filter's per-shard rules, no corpus-aware step at all
+    "steps=[{generate: {name: queries, template: query.j2, each: {style: [question, keywords]}, output: query}},"
+    " {filter: {name: quality, rules: [{rule: length, column: query, min_chars: 8, max_chars: 200},"
+    " {rule: copy, column: query, source_column: text}, {rule: dedup, column: query, scope: source}]}}]",
+]
+VARIANTS = {"full": [], "runner": RUNNER_ONLY, "stream": STREAM_ONLY}
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
 
@@ -75,12 +83,24 @@ def baseline_code(folder: Path) -> Path:
     return folder
 
 
-def run_once(code: Path, corpus: Path, variant: str, work: Path, timeout: float) -> dict[str, object]:
+def _rss_mib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_once(
+    code: Path, corpus: Path, variant: str, work: Path, timeout: float, max_rss_mib: int | None = None
+) -> dict[str, object]:
     """One `synth generate` with an empty cache: wall seconds, peak RSS (MiB), rows written."""
     out, cache, log = work / "out", work / "cache", work / "log.txt"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    sets = [f"source.path={corpus}", *DOUBLES, *(RUNNER_ONLY if variant == "runner" else [])]
+    sets = [f"source.path={corpus}", *DOUBLES, *VARIANTS[variant]]
     command = [sys.executable, "-m", "synth.cli", "generate", str(code / RECIPE.relative_to(REPO)), "-o", str(out)]
     for item in sets:
         command += ["--set", item]
@@ -95,10 +115,18 @@ def run_once(code: Path, corpus: Path, variant: str, work: Path, timeout: float)
             if pid:
                 status, rusage = status_code, usage
                 break
-            if time.perf_counter() - started > timeout:
+            rss = _rss_mib(proc.pid)
+            over = max_rss_mib is not None and rss > max_rss_mib
+            if time.perf_counter() - started > timeout or over:
                 proc.kill()
                 _, status, rusage = os.wait4(proc.pid, 0)
-                return {"ok": False, "why": f"timeout after {timeout:.0f} s", "rss_mib": rusage.ru_maxrss // 1024}
+                why = f"over {max_rss_mib} MiB" if over else f"timeout after {timeout:.0f} s"
+                where = log.read_text()[-300:].strip().splitlines()[-1:] or ["?"]
+                return {
+                    "ok": False,
+                    "why": f"{why}, stopped at {time.perf_counter() - started:.0f} s in: {where[0][:120]}",
+                    "rss_mib": rusage.ru_maxrss // 1024,
+                }
             time.sleep(0.5)
     seconds = time.perf_counter() - started
     ok = os.waitstatus_to_exitcode(status) == 0
@@ -116,11 +144,14 @@ def run_once(code: Path, corpus: Path, variant: str, work: Path, timeout: float)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--variant", choices=["full", "runner"], default="runner")
+    parser.add_argument("--variant", choices=list(VARIANTS), default="runner")
     parser.add_argument("--code", nargs="+", choices=["new", "head"], default=["new", "head"])
     parser.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "synth-scale")
     parser.add_argument("--baseline-dir", type=Path, default=Path(tempfile.gettempdir()) / "synth-scale" / "head")
     parser.add_argument("--timeout", type=float, default=3 * 3600)
+    parser.add_argument(
+        "--max-rss-mib", type=int, default=None, help="stop a run whose RSS passes this (shared machines)"
+    )
     parser.add_argument("--results", type=Path, default=None, help="append one JSON line per run here")
     args = parser.parse_args()
     args.data_dir.mkdir(parents=True, exist_ok=True)
@@ -129,7 +160,8 @@ def main() -> None:
     for size in args.sizes:
         corpus = build_corpus(size, args.data_dir)
         for code in args.code:
-            got = run_once(codes[code], corpus, args.variant, args.data_dir / f"run-{code}-{size}", args.timeout)
+            work = args.data_dir / f"run-{code}-{size}"
+            got = run_once(codes[code], corpus, args.variant, work, args.timeout, args.max_rss_mib)
             shown = got.get("seconds", "-") if got["ok"] else f"FAILED: {got.get('why')}"
             print(
                 f"{code:5} {args.variant:7} {size:>9} {got.get('rows', '-')!s:>9} {shown!s:>9} {got['rss_mib']:>13}",

@@ -152,7 +152,7 @@ def _checked(fn, log=None):  # type: ignore[no-untyped-def]
 
     logs = ""
     if log is not None:
-        logs = f"\nengine and library logs: {log.path}"
+        logs = f" (engine and library logs: {log.path})"  # same line: an error stays one line
     try:
         return fn()
     except (SourceError, PromptError, ValueError, FileNotFoundError, BackendError, RunFailed) as e:

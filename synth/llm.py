@@ -12,14 +12,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from synth.backends import Completion, LLMBackend, Messages, SamplingParams, backend_identity, make_backend
+from synth.backends import (
+    PROMPT_TOO_LONG,
+    Completion,
+    LLMBackend,
+    Messages,
+    SamplingParams,
+    backend_identity,
+    make_backend,
+)
 from synth.cache import RequestCache, request_key
 from synth.faults import crash_point
 from synth.progress import Progress, SilentProgress, count_tokens
-
-PROMPT_TOO_LONG = (
-    "prompt_too_long"  # error prefix of a request refused for its length (a row's fault, not the server's)
-)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from synth.progress import Progress, SilentProgress
 from synth.prompts import PromptLibrary
 from synth.publish import HubRepository, hub_for, push_with_spec
 from synth.recipe import Recipe, input_paths
+from synth.redact import redact_tree
 from synth.report.summary import RunResult, StepReport
 from synth.sources import check_source_spec, load_source_spec
 from synth.steps import STEP_KINDS, Row, Step, StepContext, StepResult
@@ -231,7 +232,7 @@ def _run(
             negative_columns=recipe.output.columns.negatives,
             formats=recipe.output.formats,
             card=dataset_card(recipe, result),
-            recipe_yaml=yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False),
+            recipe_yaml=yaml.safe_dump(redact_tree(recipe.model_dump(mode="json")), sort_keys=False),
             summary=summary_dict(result),
             extras=write_extras,
             inputs=input_paths(recipe),

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from synth.backends.openai import NO_KEY, OpenAIBackend, api_key, is_default_endpoint, openai_model_id
+from synth.backends.openai import OpenAIBackend
+from synth.backends.openai_endpoint import NO_KEY, api_key, is_default_endpoint, openai_model_id
 from synth.recipe import LLMSpec
 from synth.redact import looks_like_secret, redact_text, redact_tree, redact_url
 from tests.conftest import QUICKSTART, REPO

@@ -43,6 +43,11 @@ class Completion:
     error: str | None = None  # why the request finally failed; the row is recorded as a drop
 
 
+# Error prefix of a request refused for its length before it was sent: the row's fault, not the server's,
+# so it is a `prompt_too_long` drop and does not count towards a step's failed share.
+PROMPT_TOO_LONG = "prompt_too_long"
+
+
 class BackendError(RuntimeError):
     """A server refused a request for good (bad key, unknown model): one line for the user, no key."""
 
@@ -72,7 +77,7 @@ class LLMBackend(Protocol):
 # Modules are imported only when a recipe names them, so vllm/openai load only for the runs that use them.
 BACKENDS: dict[str, tuple[str, str]] = {
     "vllm": ("synth.backends.vllm:VLLMBackend", "synth.backends.vllm:vllm_model_id"),
-    "openai": ("synth.backends.openai:OpenAIBackend", "synth.backends.openai:openai_model_id"),
+    "openai": ("synth.backends.openai:OpenAIBackend", "synth.backends.openai_endpoint:openai_model_id"),
     "dry-run": ("synth.backends.dry_run:DryRunBackend", "synth.backends.dry_run:dry_run_model_id"),
 }
 BACKEND_NAMES: tuple[str, ...] = tuple(BACKENDS)

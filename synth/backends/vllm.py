@@ -25,10 +25,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from synth.backends import BackendError, Completion, Messages, ResultCallback, SamplingParams
+from synth.backends import PROMPT_TOO_LONG, BackendError, Completion, Messages, ResultCallback, SamplingParams
 from synth.models import folder_fingerprint, resolve_model
 
-PROMPT_TOO_LONG = "prompt_too_long"  # error prefix for a row whose prompt the model cannot take
 ENGINE_STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL what is still alive after this long
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from synth.export import training_rows
+from synth.redact import redact_tree
 
 if TYPE_CHECKING:
     from synth.recipe import Recipe
@@ -87,7 +88,7 @@ def dataset_card(recipe: Recipe, result: RunResult) -> str:
         "size_categories": ["n<1K" if len(train) < 1000 else "1K<n<10K" if len(train) < 10_000 else "n>10K"],
     }
     examples = "\n".join(json.dumps(r, ensure_ascii=False)[:600] for r in train[:3]) or "(no rows)"
-    recipe_yaml = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    recipe_yaml = yaml.safe_dump(redact_tree(recipe.model_dump(mode="json")), sort_keys=False)
     return f"""---
 {yaml.safe_dump(header, sort_keys=False).strip()}
 ---

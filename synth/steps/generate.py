@@ -17,8 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from synth.backends import Completion, Messages, SamplingParams
-from synth.llm import PROMPT_TOO_LONG
+from synth.backends import PROMPT_TOO_LONG, Completion, Messages, SamplingParams
 from synth.parsers import ParseError, parse_reply
 from synth.prompts import PromptLibrary
 from synth.steps.base import Row, Step, StepContext, StepResult, drop, stable_hash
