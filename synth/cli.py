@@ -155,10 +155,12 @@ def _checked(fn, log=None):  # type: ignore[no-untyped-def]
         logs = f" (engine and library logs: {log.path})"  # same line: an error stays one line
     try:
         return fn()
-    except (SourceError, PromptError, ValueError, FileNotFoundError, BackendError, RunFailed) as e:
+    except (BackendError, RunFailed) as e:  # an engine or server problem: its log is worth a look
         if log is not None:
             log.keep = True
         _fail(str(e) + logs, code=1)
+    except (SourceError, PromptError, ValueError, FileNotFoundError) as e:  # the input's fault: the line says it all
+        _fail(str(e), code=1)
     except KeyboardInterrupt:  # Ctrl-C: nothing half-written; replies received so far are in the cache
         if log is not None:
             log.keep = True

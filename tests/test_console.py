@@ -153,7 +153,9 @@ def synth(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -
 
 def test_a_piped_run_prints_plain_progress_lines_and_writes_the_engine_log(tmp_path: Path) -> None:
     out = tmp_path / "qs"
-    result = synth("generate", str(QUICKSTART), "--limit", "4", "-o", str(out), *DOUBLES)
+    result = synth(
+        "generate", str(QUICKSTART), "--limit", "4", "-o", str(out), *DOUBLES, "--no-cache"
+    )  # fresh: the LLM must be loaded
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr == ""
     lines = result.stdout.splitlines()

@@ -59,7 +59,10 @@ steps:
 
 def test_unknown_step_kind(folder: Path) -> None:
     text = "source: {path: docs.jsonl}\nsteps:\n  - summarise: {name: s}\n"
-    assert errors_of(folder, text) == "steps[0]: a step is one key: `generate`, `mine_negatives`, `filter`, `map` or `similarity`"
+    assert (
+        errors_of(folder, text)
+        == "steps[0]: a step is one key: `generate`, `mine_negatives`, `filter`, `map` or `similarity`"
+    )
 
 
 def test_regex_parser_needs_a_pattern_and_ranges_are_checked(folder: Path) -> None:

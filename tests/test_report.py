@@ -99,7 +99,7 @@ def test_report_from_an_output_without_mining_or_drops_skips_those_plots(tmp_pat
 
 
 STEP_KEYS = ["name", "kind", "rows_in", "rows_out", "dropped", "requests", "retries", "cache_hits", "failed",
-             "prompt_tokens", "completion_tokens", "seconds", "fingerprint"]  # fmt: skip
+             "prompt_tokens", "completion_tokens", "seconds", "fingerprint", "stats"]  # fmt: skip
 
 
 def test_summary_json_flattens_usage_into_the_step_and_reads_back() -> None:

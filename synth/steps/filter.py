@@ -362,7 +362,9 @@ class FilterStep(Step):
         for rule in self.spec.rules:
             problems.extend(self.missing_columns(row, rule.columns(), f", rule {rule.label!r}"))
             if isinstance(rule, (JudgeRule, LeakageRule)):
-                variables = judge_variables(rule, row) if isinstance(rule, JudgeRule) else {**row, **rule.vars, "row": row}
+                variables = (
+                    judge_variables(rule, row) if isinstance(rule, JudgeRule) else {**row, **rule.vars, "row": row}
+                )
                 try:
                     prompts.render(rule.template, variables, "0")
                 except ValueError as e:
