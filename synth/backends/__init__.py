@@ -43,6 +43,18 @@ class Completion:
     error: str | None = None  # why the request finally failed; the row is recorded as a drop
 
 
+# The finish reason of a sample whose backend or cache entry did not say (replies cached before synth kept
+# finish reasons, a server that sends none): never read as truncated.
+UNKNOWN_FINISH = "unknown"
+
+
+def finish_reason(completion: Completion, sample: int) -> str:
+    """Why sample `sample` of a reply ended ("stop", "length" = cut at max_tokens, ...), else UNKNOWN_FINISH."""
+    reasons = completion.finish_reasons or []
+    reason = reasons[sample] if sample < len(reasons) else None
+    return UNKNOWN_FINISH if reason in (None, "", "None") else str(reason)
+
+
 # Error prefix of a request refused for its length before it was sent: the row's fault, not the server's,
 # so it is a `prompt_too_long` drop and does not count towards a step's failed share.
 PROMPT_TOO_LONG = "prompt_too_long"
