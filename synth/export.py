@@ -348,3 +348,25 @@ def _swap_in(tmp: Path, out_dir: Path, shown: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def write_folder(out_dir: Path, fill: Callable[[Path], None], inputs: Sequence[Path] = ()) -> Path:
+    """The guarded, atomic replace of `write_output` for a folder whose files `fill(tmp)` writes.
+
+    `synth mine` uses it: its output gets the same marker, lock and refusals as a recipe's, so
+    it never writes into, or over, a folder synth did not write.
+    """
+    check_output_dir(out_dir, inputs)
+    shown, out_dir = Path(out_dir), _resolved(out_dir)
+    with output_lock(shown):
+        check_output_dir(shown, inputs)
+        _remove_stale_temp_folders(out_dir)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
+        try:
+            fill(tmp)
+            _marker(tmp)
+            _swap_in(tmp, out_dir, shown)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return out_dir

@@ -34,6 +34,10 @@ def test_synth_mine_cli_writes_formats(tmp_path: Path) -> None:
     qrels = (out / "beir" / "qrels" / "train.tsv").read_text().splitlines()
     assert len(qrels) == 1 + sum(len(f["pos"]) for f in flag)
     assert json.loads((out / "stats.json").read_text())["removed"]["positive"] > 0
+    marker = json.loads((out / ".synth-output").read_text())  # so the next run may replace it, and only it
+    assert {"triplet.jsonl", "flagembedding.jsonl", "beir", "stats.json"} <= set(marker["files"])
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
 
 
 def test_cross_encoder_rescoring_picks_by_its_scores(embedder: object) -> None:
@@ -76,3 +80,22 @@ def test_synth_mine_bad_options_fail_in_one_line_before_any_model(tmp_path: Path
     done = subprocess.run([*cmd, "--format", "quad"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.startswith("error: --format") and len(done.stderr.splitlines()) == 1
     assert not out.exists()
+
+
+def test_synth_mine_never_writes_into_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    """A user's folder (even one holding a file named like our output) is refused before any model loads."""
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"anchor": "a", "positive": "b"}) + "\n", encoding="utf-8")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("mine", encoding="utf-8")
+    (victim / "triplet.jsonl").write_text("my own triplets\n", encoding="utf-8")
+    base = [sys.executable, "-m", "synth.cli", "mine", str(data), "--format", "triplet"]
+    done = subprocess.run([*base, "-o", str(victim)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "not written by synth" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert (victim / "triplet.jsonl").read_text(encoding="utf-8") == "my own triplets\n"
+    assert sorted(p.name for p in victim.iterdir()) == ["notes.txt", "triplet.jsonl"]
+    done = subprocess.run([*base, "-o", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "holds the input" in done.stderr, done.stderr
+    assert data.exists()

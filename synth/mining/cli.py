@@ -114,6 +114,15 @@ def mine_command(
 
     from rich.console import Console
 
+    from synth.export import OutputError, check_output_dir, write_folder
+
+    inputs = [p for p in (Path(data), corpus) if p is not None and p.exists()]
+    try:  # before any model loads: never write into, or over, a folder synth did not write
+        check_output_dir(output, inputs)
+    except OutputError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
     from synth.mining.api import llm_judge, mine_dataset
     from synth.mining.formats import FormatOptions, write_formats
     from synth.mining.rescore import CrossEncoderRescorer
@@ -151,8 +160,17 @@ def mine_command(
     opts = FormatOptions(
         out.anchor, out.positive, spec.output_scores, spec.num_negatives, spec.teacher, query_prompt or ""
     )
-    paths = write_formats(out.result, output, spec.formats, opts)
-    (Path(output) / "stats.json").write_text(json.dumps(out.result.stats, indent=2), encoding="utf-8")
+    written: list[str] = []
+
+    def fill(folder: Path) -> None:
+        written.extend(p.name for p in write_formats(out.result, folder, spec.formats, opts))
+        (folder / "stats.json").write_text(json.dumps(out.result.stats, indent=2), encoding="utf-8")
+
+    try:
+        write_folder(output, fill, inputs)
+    except OutputError as e:  # the folder changed while we mined
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     console.print(f"mined {len(out.result.mined)} queries; removed: {out.result.stats['removed']}")
-    for p in paths:
-        console.print(f"wrote {p}")
+    for name in written:
+        console.print(f"wrote {Path(output) / name}")
