@@ -7,10 +7,10 @@ its input rows and runs once over them.
 
 A step says so itself (`Step.row_wise`, `Step.split()` in synth/steps/base.py). Until the step
 modules declare it, `split` below knows the two kinds that stream: `generate` (one reply per
-row x combination), and `filter`, whose row-local rules (length, regex, script, copy, judge) at
-the head of its rule list run per batch; the rules from the first corpus-aware one (dedup,
-roundtrip) on run over all rows that the head kept, which is what the whole filter would do,
-since each rule only ever sees the rows the rules before it kept.
+row x combination), and `filter`, whose row-local rules (length, regex, script, copy, judge,
+repetition, leakage, truncated) at the head of its rule list run per batch; the rules from the
+first corpus-aware one (dedup, roundtrip) on run over all rows that the head kept, which is what
+the whole filter would do, since each rule only ever sees the rows the rules before it kept.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from synth.steps.base import Row, Step
 
 ROW_WISE_KINDS = {"generate"}
-ROW_LOCAL_RULES = {"length", "regex", "script", "copy", "judge"}
+ROW_LOCAL_RULES = {"length", "regex", "script", "copy", "judge", "repetition", "leakage", "truncated"}
 
 
 def _with_rules(step: Step, rules: list[Any]) -> Step:
@@ -65,7 +65,7 @@ def reads(step: Step) -> list[str] | None:
     if step.key == "filter":
         found = list(base)
         for rule in step.spec.rules:
-            if rule.rule == "judge":
+            if rule.rule in ("judge", "leakage"):
                 return None  # its template may read any column
             found += rule.columns()
             if rule.rule == "roundtrip":

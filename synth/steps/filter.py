@@ -1,5 +1,9 @@
 """Filter step: composable rules that keep only good rows, each drop recorded with its evidence.
 
+The rules for small-generator failure modes live in filter_quality.py, round-trip consistency
+(and keep-best-per-passage) in filter_roundtrip.py; this module holds the text-shape rules, the
+rule registry and the step.
+
 Rules run in recipe order and each sees only the rows the rules before it kept, so cheap rules
 (length, regex, dedup) go first and the expensive ones (round-trip retrieval, LLM judge) score
 fewer rows. Every removed row becomes a drop record: `step`, `rule` (the rule's name), `reason`
@@ -11,16 +15,16 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from rapidfuzz import fuzz
 
 from synth.dedup import find_duplicates, normalize
-from synth.llm import Usage
 from synth.prompts import PromptLibrary
-from synth.steps.base import Row, Step, StepContext, StepResult, drop, stable_hash
+from synth.steps.base import Row, Step, StepContext, StepResult, stable_hash
+from synth.steps.filter_common import Outcome, record, text_of, words
+from synth.steps.filter_quality import apply_leakage, apply_repetition, apply_truncated
+from synth.steps.filter_roundtrip import apply_roundtrip
 from synth.steps.filter_spec import (
     CopyRule,
     DedupRule,
@@ -32,31 +36,8 @@ from synth.steps.filter_spec import (
     RepetitionRule,
     RoundTripRule,
     ScriptRule,
+    TruncatedRule,
 )
-
-_WORD = re.compile(r"\w+")
-
-
-@dataclass
-class Outcome:
-    """What one rule did: kept rows, drop records, and LLM usage (judge only)."""
-
-    kept: list[Row] = field(default_factory=list)
-    dropped: list[Row] = field(default_factory=list)
-    usage: Usage = field(default_factory=Usage)
-
-
-def text_of(row: Row, column: str) -> str:
-    value = row.get(column)
-    return "" if value is None else str(value)
-
-
-def words(text: str) -> list[str]:
-    return _WORD.findall(text)
-
-
-def _record(step: str, rule: Any, reason: str, row: Row, **values: Any) -> Row:
-    return drop(step, reason, row, rule=rule.label, **values)
 
 
 class _Tokenizers:
@@ -104,7 +85,7 @@ def apply_length(rule: LengthRule, rows: Sequence[Row], ctx: StepContext, step: 
             continue
         reason, unit, bound = failed
         out.dropped.append(
-            _record(
+            record(
                 step, rule, reason, row, column=rule.column, value=text, measured=measured[unit], bound=bound, unit=unit
             )
         )
@@ -119,10 +100,10 @@ def apply_regex(rule: RegexRule, rows: Sequence[Row], ctx: StepContext, step: st
         text = text_of(row, rule.column)
         hit = next((p.pattern for p in exclude if p.search(text)), None)
         if hit is not None:
-            out.dropped.append(_record(step, rule, "regex_excluded", row, column=rule.column, value=text, pattern=hit))
+            out.dropped.append(record(step, rule, "regex_excluded", row, column=rule.column, value=text, pattern=hit))
         elif include and not any(p.search(text) for p in include):
             out.dropped.append(
-                _record(step, rule, "regex_not_included", row, column=rule.column, value=text, pattern=rule.include)
+                record(step, rule, "regex_not_included", row, column=rule.column, value=text, pattern=rule.include)
             )
         else:
             out.kept.append(row)
@@ -147,7 +128,7 @@ def apply_script(rule: ScriptRule, rows: Sequence[Row], ctx: StepContext, step: 
             out.kept.append(row)
         else:
             out.dropped.append(
-                _record(
+                record(
                     step, rule, "wrong_script", row, column=rule.column, value=text, share=round(share, 4),
                     min_share=rule.min_share, scripts=rule.scripts,
                 )
@@ -169,7 +150,7 @@ def apply_dedup(rule: DedupRule, rows: Sequence[Row], ctx: StepContext, step: st
         )
         for d in dups:
             i, j = members[d.index], members[d.of]
-            dropped[i] = _record(
+            dropped[i] = record(
                 step, rule, "exact_duplicate" if d.exact else "near_duplicate", rows[i], column=rule.column,
                 value=texts[d.index], duplicate_of=texts[d.of], duplicate_of_source_id=text_of(rows[j], "source_id"),
                 score=d.score, threshold=rule.threshold,
@@ -206,116 +187,11 @@ def apply_copy(rule: CopyRule, rows: Sequence[Row], ctx: StepContext, step: str)
             out.kept.append(row)
             continue
         out.dropped.append(
-            _record(
+            record(
                 step, rule, reason, row, column=rule.column, value=text, partial_ratio=ratio, token_overlap=overlap,
                 threshold=rule.threshold, max_token_overlap=rule.max_token_overlap,
             )
         )  # fmt: skip
-    return out
-
-
-def repeated_share(text: str, n: int) -> float:
-    """Share of the text's word n-grams that repeat an earlier one (0.0 for texts shorter than n + 1 words)."""
-    tokens = [w.casefold() for w in words(text)]
-    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
-    if len(grams) < 2:
-        return 0.0
-    return round((len(grams) - len(set(grams))) / len(grams), 4)
-
-
-def apply_repetition(rule: RepetitionRule, rows: Sequence[Row], ctx: StepContext, step: str) -> Outcome:
-    out = Outcome()
-    for row in rows:
-        text = text_of(row, rule.column)
-        share = repeated_share(text, rule.n)
-        if share < rule.max_share:
-            out.kept.append(row)
-            continue
-        out.dropped.append(
-            _record(
-                step, rule, "repetitive", row, column=rule.column, value=text, repeated_share=share, n=rule.n,
-                max_share=rule.max_share,
-            )
-        )  # fmt: skip
-    return out
-
-
-def leaked_words(reply: str, examples: Sequence[str], passage: str) -> list[str]:
-    """Words of the reply that appear in a few-shot example but not in the passage (case-folded)."""
-    from_examples = {w.casefold() for e in examples for w in words(e)}
-    in_passage = {w.casefold() for w in words(passage)}
-    return [w for w in words(reply) if w.casefold() in from_examples and w.casefold() not in in_passage]
-
-
-def apply_leakage(rule: LeakageRule, rows: Sequence[Row], ctx: StepContext, step: str) -> Outcome:
-    out = Outcome()
-    for i, row in enumerate(rows):
-        messages = ctx.prompts.render(
-            rule.template, {**row, **rule.vars, "row": row}, f"{i} (id={row.get('source_id')})"
-        )
-        examples = [m["content"] for m in messages if m["role"] == "assistant"]
-        text = text_of(row, rule.column)
-        leaked = leaked_words(text, examples, text_of(row, rule.source_column))
-        share = round(len(leaked) / max(1, len(words(text))), 4)
-        if len(leaked) < rule.min_leaked_words or share < rule.max_share:
-            out.kept.append(row)
-            continue
-        out.dropped.append(
-            _record(
-                step, rule, "fewshot_leak", row, column=rule.column, value=text, leaked_words=leaked,
-                leaked_share=share, examples=examples, max_share=rule.max_share,
-            )
-        )  # fmt: skip
-    return out
-
-
-def apply_roundtrip(rule: RoundTripRule, rows: Sequence[Row], ctx: StepContext, step: str) -> Outcome:
-    out = Outcome()
-    if not rows:
-        return out
-    if rule.corpus == "source":
-        corpus = [text_of(d, "text") for d in ctx.documents]
-        by_id = {str(d["id"]): i for i, d in enumerate(ctx.documents)}
-    else:
-        corpus = list(dict.fromkeys(text_of(r, rule.positive_column) for r in rows))
-        by_id = {}
-    by_text: dict[str, int] = {}
-    for i, t in enumerate(corpus):
-        by_text.setdefault(t, i)
-    targets = []
-    for row in rows:
-        target = by_id.get(text_of(row, rule.id_column))
-        targets.append(target if target is not None else by_text.get(text_of(row, rule.positive_column), -1))
-    queries = [text_of(r, rule.query_column) for r in rows]
-    embedder = ctx.embedder(rule.embedder)
-    with ctx.progress.task(f"{step}: round-trip embedding corpus", len(corpus)) as advance:
-        doc_emb = embedder.embed(corpus, role="document", progress=advance)
-    with ctx.progress.task(f"{step}: round-trip embedding queries", len(queries)) as advance:
-        query_emb = embedder.embed(queries, role="query", progress=advance)
-    for start in range(0, len(rows), 1024):
-        scores = query_emb[start : start + 1024] @ doc_emb.T
-        for k, sims in enumerate(scores):
-            row, target = rows[start + k], targets[start + k]
-            if target < 0:
-                out.dropped.append(
-                    _record(
-                        step, rule, "positive_not_in_corpus", row, column=rule.query_column, value=queries[start + k]
-                    )
-                )
-                continue
-            own = float(sims[target])
-            rank = int(np.sum(sims > own)) + 1
-            if rank <= rule.top_k:
-                out.kept.append({**row, f"{rule.label}_rank": rank})
-                continue
-            best = int(np.argmax(sims))
-            out.dropped.append(
-                _record(
-                    step, rule, "roundtrip_miss", row, column=rule.query_column, value=queries[start + k], rank=rank,
-                    top_k=rule.top_k, positive_score=round(own, 6), top_score=round(float(sims[best]), 6),
-                    top_document=str(ctx.documents[best]["id"]) if rule.corpus == "source" else corpus[best][:200],
-                )
-            )  # fmt: skip
     return out
 
 
@@ -335,6 +211,7 @@ RULES: dict[type, Callable[[Any, Sequence[Row], StepContext, str], Outcome]] = {
     CopyRule: apply_copy,
     RepetitionRule: apply_repetition,
     LeakageRule: apply_leakage,
+    TruncatedRule: apply_truncated,
     RoundTripRule: apply_roundtrip,
     JudgeRule: _apply_judge,
 }

@@ -118,6 +118,9 @@ class RoundTripRule(_Rule):
     corpus: Literal["source", "positives"] = "source"  # source documents, or the unique positives
     top_k: int = Field(default=3, ge=1)
     embedder: str | None = None  # one of the recipe's `embedders:` (default: the recipe's `embedder:`)
+    # GPL-style scale: of the queries that pass, keep per own passage only the K whose passage wins
+    # by the largest margin (own score - best other document's score); None keeps every one that passes.
+    keep_best_per_source: int | None = Field(default=None, ge=1)
 
     def columns(self) -> list[str]:
         return [self.query_column]
@@ -174,6 +177,27 @@ class LeakageRule(_Rule):
         return [self.column, self.source_column]
 
 
+class TruncatedRule(_Rule):
+    """Drop replies the LLM stopped because they hit `max_tokens` (finish reason `length`).
+
+    A cut reply is a fragment (half a question, a claim without its verb), and a small model
+    mostly hits the cap when it loops. The generate step records each reply's finish reason in
+    `<step>_finish_reason`; rows whose reason is `unknown` (older cached replies) are kept.
+    """
+
+    rule: Literal["truncated"]
+    step: str  # the generate step whose replies are checked (its `<step>_finish_reason` column)
+    column: str = "query"  # the generated text, recorded as `value` in drop records
+    reasons: list[str] = Field(default_factory=lambda: ["length"], min_length=1)  # finish reasons that drop
+
+    @property
+    def finish_column(self) -> str:
+        return f"{self.step}_finish_reason"
+
+    def columns(self) -> list[str]:
+        return [self.finish_column, self.column]
+
+
 Rule = Annotated[
     LengthRule
     | RegexRule
@@ -182,6 +206,7 @@ Rule = Annotated[
     | CopyRule
     | RepetitionRule
     | LeakageRule
+    | TruncatedRule
     | RoundTripRule
     | JudgeRule,
     Field(discriminator="rule"),
