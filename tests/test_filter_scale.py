@@ -30,7 +30,9 @@ def run(rules: list[dict[str, Any]], rows: list[dict[str, Any]], embedder: Any) 
 
 def test_margins_are_own_score_minus_the_best_other_document() -> None:
     scores = np.array([[0.5, 0.2, 0.1], [0.3, 0.4, 0.0], [0.6, 0.6, 0.1]], dtype=np.float32)
+    before = scores.copy()
     own, rank, margin = margins(scores, np.array([0, 0, 1]))
+    assert (scores == before).all(), "the score matrix is restored"
     assert own.tolist() == pytest.approx([0.5, 0.3, 0.6])
     assert rank.tolist() == [1, 2, 1]  # a tie is not beaten: rank counts strictly higher scores
     assert margin.tolist() == pytest.approx([0.3, -0.1, 0.0])

@@ -49,13 +49,14 @@ def margins(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.nda
     """Per query row of `scores` (queries x documents): own-passage score, its rank (1 = best), and the
     margin own - best other document (own alone when the corpus holds one document). Every target >= 0."""
     rows = np.arange(len(targets))
-    own = scores[rows, targets]
+    own = scores[rows, targets]  # a copy (fancy indexing)
     rank = np.sum(scores > own[:, None], axis=1) + 1
     if scores.shape[1] < 2:
         return own, rank, own.copy()
-    others = scores.copy()
-    others[rows, targets] = -np.inf
-    return own, rank, own - others.max(axis=1)
+    scores[rows, targets] = -np.inf  # in place, then restored: no second queries x corpus matrix
+    best_other = scores.max(axis=1)
+    scores[rows, targets] = own
+    return own, rank, own - best_other
 
 
 def apply_roundtrip(rule: RoundTripRule, rows: Sequence[Row], ctx: StepContext, step: str) -> Outcome:
