@@ -93,10 +93,22 @@ def _rss_mib(pid: int) -> int:
     return 0
 
 
+def _phase(log: Path) -> str:
+    """What the run is doing: the progress line's label (`queries`, `writing dataset`, ...)."""
+    try:
+        with log.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 400))
+            last = f.read().decode(errors="replace").strip().splitlines()[-1:]
+    except OSError:
+        return "?"
+    return last[0].split(":")[0].strip()[:40] if last else "start"
+
+
 def run_once(
     code: Path, corpus: Path, variant: str, work: Path, timeout: float, max_rss_mib: int | None = None
 ) -> dict[str, object]:
-    """One `synth generate` with an empty cache: wall seconds, peak RSS (MiB), rows written."""
+    """One `synth generate` with an empty cache: wall seconds, peak RSS (MiB), rows written, and the
+    highest RSS sampled (every 0.5 s) in each phase the progress output names."""
     out, cache, log = work / "out", work / "cache", work / "log.txt"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -110,12 +122,15 @@ def run_once(
     with log.open("w") as f:
         proc = subprocess.Popen(command, cwd=code, env=env, stdout=f, stderr=subprocess.STDOUT)
         status, rusage = None, None
+        phases: dict[str, int] = {}
         while status is None:
             pid, status_code, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 status, rusage = status_code, usage
                 break
             rss = _rss_mib(proc.pid)
+            phase = _phase(log)
+            phases[phase] = max(phases.get(phase, 0), rss)
             over = max_rss_mib is not None and rss > max_rss_mib
             if time.perf_counter() - started > timeout or over:
                 proc.kill()
@@ -131,6 +146,7 @@ def run_once(
     seconds = time.perf_counter() - started
     ok = os.waitstatus_to_exitcode(status) == 0
     result: dict[str, object] = {"ok": ok, "seconds": round(seconds, 1), "rss_mib": rusage.ru_maxrss // 1024}
+    result["rss_by_phase"] = phases
     if ok:
         summary = json.loads((out / "summary.json").read_text())
         result["rows"] = summary["rows"]
@@ -167,6 +183,7 @@ def main() -> None:
                 f"{code:5} {args.variant:7} {size:>9} {got.get('rows', '-')!s:>9} {shown!s:>9} {got['rss_mib']:>13}",
                 flush=True,
             )
+            print(f"      RSS MiB sampled by phase: {got.get('rss_by_phase', {})}", flush=True)
             if args.results:
                 with args.results.open("a") as f:
                     f.write(json.dumps({"code": code, "variant": args.variant, "docs": size, **got}) + "\n")

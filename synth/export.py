@@ -30,13 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from synth.export_files import (  # noqa: F401 - training_rows, dropped_dataset: the export's public names
-    _details_dataset,
-    _dropped_to_disk,
     _jsonable,
-    _training_dataset,
     dropped_dataset,
     training_rows,
-    write_jsonl,
+    write_details,
+    write_dropped,
+    write_training,
 )
 from synth.export_layout import NO_LAYOUT, Layout, write_instruction_views
 from synth.faults import crash_point
@@ -277,22 +276,19 @@ def write_output(
         check_output_dir(shown, inputs)  # again: the folder may have changed before we held the lock
         _remove_stale_temp_folders(out_dir)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
-        # Arrow files built batch by batch before save_to_disk copies them in: a temp folder of the
-        # same name pattern, so a killed run's leftovers are removed like the output's own.
-        scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
         try:
-            training = _training_dataset(train, scratch)
-            training.save_to_disk(str(tmp), num_shards=1)
+            # Every Arrow file goes straight into the folder, a batch at a time, never mapped and read
+            # back (synth/export_arrow.py): memory stays flat however many rows there are.
+            write_training(
+                tmp,
+                train,
+                jsonl=tmp / "train.jsonl" if "jsonl" in formats else None,
+                parquet=tmp / "train.parquet" if "parquet" in formats else None,
+            )
             crash_point("export")
             if len(rows):
-                _details_dataset(rows, scratch).save_to_disk(str(tmp / "details"))
-            write_jsonl(tmp / "dropped.jsonl", dropped)
-            # One shard: an empty drop list still loads.
-            _dropped_to_disk(dropped, scratch).save_to_disk(str(tmp / "dropped"), num_shards=1)
-            if "jsonl" in formats:
-                write_jsonl(tmp / "train.jsonl", train)
-            if "parquet" in formats:
-                training.to_parquet(str(tmp / "train.parquet"))
+                write_details(tmp / "details", rows)
+            write_dropped(tmp / "dropped", tmp / "dropped.jsonl", dropped)
             if layout.instruction is not None:  # by_instruction/, prompts.json, flagembedding.jsonl
                 raw = training_rows(rows, anchor, positive, negative_columns, layout.without_instruction())
                 write_instruction_views(tmp, rows, raw, layout)
@@ -306,8 +302,6 @@ def write_output(
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
     return out_dir
 
 

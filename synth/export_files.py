@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from synth.export_arrow import MAX_SHARD_BYTES, DatasetFolderWriter
 from synth.export_layout import NO_LAYOUT, Layout
 
 Row = dict[str, Any]
@@ -133,21 +135,6 @@ def dropped_dataset(dropped: Sequence[Row]) -> Any:
     return Dataset.from_dict(_dropped_columns(dropped), features=_dropped_features())
 
 
-def _arrow_dataset(path: Path, tables: Iterable[Any], features: Any) -> Any:
-    """Arrow tables written one by one to a file `datasets` maps from disk: memory stays one table."""
-    from datasets import Dataset
-    from datasets.arrow_writer import ArrowWriter
-
-    writer = ArrowWriter(path=str(path), features=features)
-    try:
-        for table in tables:
-            writer.write_table(table)
-        writer.finalize()
-    finally:
-        writer.close()
-    return Dataset.from_file(str(path))
-
-
 def _details_schema(rows: Iterable[Row]) -> Any:
     """The Arrow schema `Dataset.from_list` would infer for all rows, unified batch by batch."""
     import pyarrow as pa
@@ -160,38 +147,64 @@ def _details_schema(rows: Iterable[Row]) -> Any:
     return schema
 
 
-def _details_dataset(rows: Sequence[Row], scratch: Path) -> Any:
+def write_details(folder: Path, rows: Sequence[Row], max_shard_bytes: int = MAX_SHARD_BYTES) -> int:
+    """`details/`: every column of every kept row, in one schema (a first pass finds it), batch by batch,
+    in shards of about `max_shard_bytes` (save_to_disk's default 500 MB)."""
     import pyarrow as pa
     from datasets import Features
 
     schema = _details_schema(rows)
-    tables = (
-        pa.Table.from_pylist([{k: _jsonable(r.get(k)) for k in schema.names} for r in batch], schema=schema)
-        for batch in batched(rows)
-    )
-    return _arrow_dataset(scratch / "details.arrow", tables, Features.from_arrow_schema(schema))
+    writer = DatasetFolderWriter(folder, Features.from_arrow_schema(schema), max_shard_bytes)
+    try:
+        for batch in batched(rows):
+            writer.write(
+                pa.Table.from_pylist([{k: _jsonable(r.get(k)) for k in schema.names} for r in batch], schema=schema)
+            )
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close()
 
 
-def _training_dataset(train: Sequence[Row], scratch: Path | None = None) -> Any:
-    """The trainer's dataset; with no rows it still has the anchor/positive columns and loads."""
+def _training_features(train: Sequence[Row]) -> Any:
+    from datasets import Features, Value
+
+    names = list(train[0]) if len(train) else ["anchor", "positive"]  # no rows: still anchor/positive, still loads
+    return Features({name: Value("float64" if name == "score" else "string") for name in names})
+
+
+def write_training(folder: Path, train: Sequence[Row], jsonl: Path | None = None, parquet: Path | None = None) -> int:
+    """The trainer's dataset (one shard, as save_to_disk(num_shards=1)), and `train.jsonl` /
+    `train.parquet` when asked, all from one pass over the rows."""
     import pyarrow as pa
-    from datasets import Dataset, Features, Value
 
-    if not len(train):
-        return Dataset.from_dict(
-            {"anchor": [], "positive": []}, features=Features({"anchor": Value("string"), "positive": Value("string")})
-        )
-    if scratch is None:
-        return Dataset.from_list(list(train))
-    features = Features({name: Value("float64" if name == "score" else "string") for name in train[0]})
+    features = _training_features(train)
     schema = features.arrow_schema
-    tables = (pa.Table.from_pylist(batch, schema=schema) for batch in batched(train))
-    return _arrow_dataset(scratch / "train.arrow", tables, features)
+    writer = DatasetFolderWriter(folder, features, max_shard_bytes=None, parquet=parquet)
+    try:
+        with jsonl.open("w", encoding="utf-8") if jsonl is not None else nullcontext() as lines:
+            for batch in batched(train):
+                writer.write(pa.Table.from_pylist(batch, schema=schema))
+                if lines is not None:
+                    lines.writelines(json.dumps(_jsonable(r), ensure_ascii=False) + "\n" for r in batch)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close()
 
 
-def _dropped_to_disk(dropped: Iterable[Row], scratch: Path) -> Any:
+def write_dropped(folder: Path, jsonl: Path, dropped: Iterable[Row]) -> int:
+    """`dropped.jsonl` and the `dropped/` dataset (one shard: an empty drop list still loads), one pass."""
     import pyarrow as pa
 
     features = _dropped_features()
-    tables = (pa.Table.from_pydict(_dropped_columns(batch), schema=features.arrow_schema) for batch in batched(dropped))
-    return _arrow_dataset(scratch / "dropped.arrow", tables, features)
+    writer = DatasetFolderWriter(folder, features, max_shard_bytes=None)
+    try:
+        with jsonl.open("w", encoding="utf-8") as lines:
+            for batch in batched(dropped):
+                lines.writelines(json.dumps(_jsonable(r), ensure_ascii=False) + "\n" for r in batch)
+                writer.write(pa.Table.from_pydict(_dropped_columns(batch), schema=features.arrow_schema))
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close()

@@ -51,7 +51,7 @@ def test_report_numbers_match_the_run(quickstart_run: Any) -> None:
     assert data.rows == len(quickstart_run.rows) and data.dropped == len(quickstart_run.dropped)
     assert sum(data.drops.values()) == len(quickstart_run.dropped)
     assert len(data.anchor_chars) == len(quickstart_run.rows)
-    assert data.positive_scores == [r["positive_score"] for r in quickstart_run.rows]
+    assert list(data.positive_scores) == [r["positive_score"] for r in quickstart_run.rows]
     hardest = [r["positive_score"] - max(r["negative_scores"]) for r in quickstart_run.rows]
     assert np.allclose(data.hardest_margins, hardest)
     assert [s["name"] for s in data.steps] == [r.name for r in quickstart_run.reports]
@@ -155,3 +155,54 @@ def test_inspect_of_an_unreadable_summary_is_one_clear_line(tmp_path: Path) -> N
             assert result.exit_code == 1, result.output
             assert "summary.json" in result.output and message in result.output, result.output
             assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+
+
+def test_report_numbers_stream_from_details_in_many_shards(tmp_path: Path) -> None:
+    """collect() reads details/ batch by batch across shards; its numbers are those of the rows."""
+    from synth.export_files import write_details, write_dropped
+
+    rows = []
+    for i in range(9000):  # three batches of <= 4096 rows, each its own shard
+        negatives = [round(0.5 - (i % 7) / 100, 6), round(0.25 + (i % 3) / 100, 6)] if i % 4 else []
+        rows.append(
+            {"query": "ü" * (i % 50 + 1), "text": f"passage {i % 1234} " * (i % 5 + 1), "negative_scores": negatives,
+             "positive_score": None if i % 9 == 0 else round(0.6 + (i % 11) / 100, 6)}
+        )  # fmt: skip
+    write_details(tmp_path / "details", rows, max_shard_bytes=1)
+    drops = [
+        {"step": "s", "rule": "length", "reason": "too_short", "source_id": str(i), "value": "x"} for i in range(5000)
+    ]
+    write_dropped(tmp_path / "dropped", tmp_path / "dropped.jsonl", drops)
+    (tmp_path / "summary.json").write_text(json.dumps({"rows": len(rows), "dropped": len(drops), "steps": []}))
+    (tmp_path / "recipe.yaml").write_text("output: {columns: {anchor: query, positive: text}}\n")
+    data = collect(tmp_path)
+    assert len(list((tmp_path / "details").glob("data-*.arrow"))) == 3
+    assert list(data.anchor_chars) == [len(r["query"]) for r in rows]
+    assert list(data.positive_chars) == [len(t) for t in dict.fromkeys(r["text"] for r in rows)]
+    scored = [r for r in rows if r["positive_score"] is not None and r["negative_scores"]]
+    assert list(data.positive_scores) == [r["positive_score"] for r in scored]
+    assert list(data.negative_scores) == [s for r in scored for s in r["negative_scores"]]
+    assert np.allclose(data.margins, [r["positive_score"] - s for r in scored for s in r["negative_scores"]])
+    assert np.allclose(data.hardest_margins, [r["positive_score"] - max(r["negative_scores"]) for r in scored])
+    assert data.drops == {("s", "length", "too_short"): 5000} and data.drop_examples[("s", "length", "too_short")] == [
+        "x",
+        "x",
+        "x",
+    ]
+
+
+def test_report_quantiles_are_the_statistics_module_ones() -> None:
+    """report.md's n/min/median/p95/max from numpy equal `statistics.quantiles(n=20, method="inclusive")`."""
+    import random
+    import statistics
+
+    from synth.report.markdown import _quantiles
+
+    rng = random.Random(0)
+    for trial in range(500):
+        n = rng.randint(1, 80)
+        values = [rng.randint(0, 3000) for _ in range(n)] if trial % 2 else [rng.uniform(-1, 1) for _ in range(n)]
+        q = statistics.quantiles(values, n=20, method="inclusive") if n > 1 else [values[0]] * 19
+        expected = f"| {n} | {min(values):.3g} | {q[9]:.3g} | {q[18]:.3g} | {max(values):.3g} |"
+        assert _quantiles(values) == _quantiles(np.array(values)) == expected
+    assert _quantiles([]) == _quantiles(np.array([])) == "| - | - | - | - | - |"

@@ -13,8 +13,9 @@ What runs where:
   stream brings it in, so cache, resume, drops and the report behave exactly as locally.
   Per-request seeds make the replies, hence the output, independent of which actor sent what.
 
-Shards reach the actors through the object store (one `ray.put` per shard, never all rows in
-the driver at once). Knobs (environment): SYNTH_RAY_ACTORS (actors per stage; default: as many
+Shards reach the actors through the object store when an actor asks for one: a `ShardReader`
+actor on the driver's node reads a shard from the work folder per request, so the store holds the
+shards in flight, not the whole stage's input (nothing is `ray.put` up front). Knobs (environment): SYNTH_RAY_ACTORS (actors per stage; default: as many
 as the cluster's CPUs, or GPUs when the LLM is a vLLM engine on a GPU cluster, allow),
 SYNTH_RAY_CPUS_PER_ACTOR (1), SYNTH_RAY_GPUS_PER_ACTOR (default: the engine's
 tensor_parallel_size on a GPU cluster, else 0). Rows per batch: the shard size (4096).
@@ -32,7 +33,6 @@ from typing import Any
 
 from synth.backends import Completion
 from synth.executors.ray_actor import StepActor, prompt_snapshot
-from synth.executors.shards import read_rows
 from synth.faults import crash_point
 from synth.llm import Usage
 from synth.steps.base import Row, Step, StepContext, StepResult
@@ -123,11 +123,17 @@ class RayExecutor:
         """One `map_batches` stage over the shards to do; results in the order they come back."""
         if not todo:
             return
-        import numpy as np
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from synth.executors.ray_actor import ShardReader
 
         ray = self.ray
-        refs = [(i, ray.put(json.dumps(prepare(read_rows(path)), ensure_ascii=False))) for i, path in todo]
-        items = ray.data.from_items([{"shard": i, "rows": [ref]} for i, ref in refs])
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        reader = ray.remote(ShardReader).options(
+            num_cpus=0, scheduling_strategy=here, max_restarts=3, max_task_retries=3
+        )
+        shards = reader.remote(prepare)  # stateless: a restarted reader serves the same shards
+        items = ray.data.from_items([{"shard": i, "path": str(path)} for i, path in todo])
         gpu_llm = self.recipe is not None and self.recipe.llm.backend == "vllm"
         actors, cpus, gpus = self._actors(gpu_llm)
         stage = items.map_batches(
@@ -142,10 +148,22 @@ class RayExecutor:
                 "recipe": self.recipe,
                 "prompts": prompt_snapshot(ctx.prompts),
                 "reader": self.reader,
+                "shards": shards,
             },
         )
         cache = self.pool.request_cache if self.pool is not None else None
-        with ctx.progress.task(f"{step.name}: shards on Ray ({actors} actors)", len(todo)) as advance:
+        try:
+            yield from self._consume(stage, step, ctx, cache, len(todo), actors)
+        finally:
+            ray.kill(shards)
+
+    def _consume(
+        self, stage: Any, step: Step, ctx: StepContext, cache: Any, total: int, actors: int
+    ) -> Iterator[tuple[int, StepResult]]:
+        """Each shard's result as the stream brings it, its fresh replies committed to the cache first."""
+        import numpy as np
+
+        with ctx.progress.task(f"{step.name}: shards on Ray ({actors} actors)", total) as advance:
             for batch in stage.iter_batches(batch_size=1, batch_format="numpy"):
                 for shard, payload in zip(np.asarray(batch["shard"]).tolist(), batch["result"], strict=True):
                     data = json.loads(payload)
@@ -158,7 +176,6 @@ class RayExecutor:
                         int(shard),
                         StepResult(rows=data["rows"], dropped=data["dropped"], usage=Usage(**data["usage"])),
                     )
-        del refs
 
     def close(self) -> None:
         if self.reader is not None:

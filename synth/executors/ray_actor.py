@@ -48,6 +48,19 @@ class CacheReader:
         return {k: asdict(c) for k, c in self.cache.get_many(keys).items()}
 
 
+class ShardReader:
+    """Hands out one shard's rows (prepared, as JSON) on request: actors pull shards as they go, so
+    the object store holds the shards in flight, never the whole stage's input at once."""
+
+    def __init__(self, prepare: Any) -> None:
+        self.prepare = prepare
+
+    def read(self, path: str) -> str:
+        from synth.executors.shards import read_rows
+
+        return json.dumps(self.prepare(read_rows(Path(path))), ensure_ascii=False)
+
+
 class _Replies:
     """The request-cache protocol CachedLLM uses, inside an actor: reads via the reader, keeps fresh replies."""
 
@@ -72,10 +85,10 @@ class _Replies:
 class StepActor:
     """A Ray Data map_batches class: one row-wise step, its LLMs built once per actor, shard in, result out."""
 
-    def __init__(self, step: Step, recipe: Any, prompts: dict[str, str], reader: Any) -> None:
+    def __init__(self, step: Step, recipe: Any, prompts: dict[str, str], reader: Any, shards: Any) -> None:
         from jinja2 import DictLoader
 
-        self.step = step
+        self.step, self.shards = step, shards
         self.replies = _Replies(reader)
         library = PromptLibrary(None)
         library.env.loader = DictLoader(prompts)
@@ -98,8 +111,8 @@ class StepActor:
         import ray
 
         results = []
-        for ref in batch["rows"]:
-            rows: list[Row] = json.loads(ray.get(ref[0] if isinstance(ref, list | np.ndarray) else ref))
+        for path in batch["path"]:
+            rows: list[Row] = json.loads(ray.get(self.shards.read.remote(str(path))))
             self.replies.fresh = []
             result = self.step(rows, self.ctx)
             payload = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,7 @@ class JsonlView(Sequence[Row]):
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.offsets: list[int] = []
+        self.offsets = array("q")  # 8 bytes a line (a list of ints would be ~36)
         if self.path.is_file():
             with self.path.open("rb") as f:
                 pos = 0

@@ -8,18 +8,33 @@ details/ (all columns, scores), dropped/ or dropped.jsonl (drop records) and rec
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
+import numpy as np
+
 from synth.report.plots import draw_report_plots
-from synth.report.summary import ReportData, collect
+from synth.report.summary import ReportData, Values, collect
 
 
-def _quantiles(values: list[float] | list[int]) -> str:
-    if not values:
+def _quantiles(values: Values) -> str:
+    """n, min, median, p95, max: the numbers `statistics.quantiles(n=20, method="inclusive")` gives,
+    computed on one sorted numpy array (a million values are a sort, not a million Python floats)."""
+    if not len(values):
         return "| - | - | - | - | - |"
-    q = statistics.quantiles(values, n=20, method="inclusive") if len(values) > 1 else [values[0]] * 19
-    return f"| {len(values)} | {min(values):.3g} | {q[9]:.3g} | {q[18]:.3g} | {max(values):.3g} |"
+    ordered = np.sort(np.asarray(values))
+    return (
+        f"| {len(ordered)} | {ordered[0].item():.3g} | {_inclusive(ordered, 10):.3g} | {_inclusive(ordered, 19):.3g} "
+        f"| {ordered[-1].item():.3g} |"
+    )
+
+
+def _inclusive(ordered: np.ndarray, i: int, n: int = 20) -> float:
+    """The i-th of n-quantiles, `statistics.quantiles(method="inclusive")`'s own formula (same float)."""
+    if len(ordered) == 1:
+        return ordered[0].item()
+    m = len(ordered) - 1
+    j, delta = divmod(i * m, n)  # i < n, so j + 1 <= m
+    return (ordered[j].item() * (n - delta) + ordered[j + 1].item() * delta) / n
 
 
 def _models_line(models: dict[str, str]) -> str:

@@ -81,8 +81,8 @@ def length_histograms(series: dict[str, Sequence[int]], path: Path) -> Path:
 def score_histograms(positive: Sequence[float], negative: Sequence[float], path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    values = list(positive) + list(negative)
-    bins = np.linspace(min(values), max(values), 40)
+    values = np.concatenate([np.asarray(positive, dtype=float), np.asarray(negative, dtype=float)])
+    bins = np.linspace(values.min(), values.max(), 40)
     ax.hist(negative, bins=bins, alpha=0.6, label=f"negatives (n={len(negative)})", color="#e6550d")
     ax.hist(positive, bins=bins, alpha=0.6, label=f"positives (n={len(positive)})", color="#3182bd")
     ax.set_xlabel("cosine similarity to the query")
@@ -95,8 +95,8 @@ def score_histograms(positive: Sequence[float], negative: Sequence[float], path:
 def margin_histogram(margins: Sequence[float], hardest: Sequence[float], path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    values = list(margins) + list(hardest)
-    bins = np.linspace(min(values), max(values), 40)
+    values = np.concatenate([np.asarray(margins, dtype=float), np.asarray(hardest, dtype=float)])
+    bins = np.linspace(values.min(), values.max(), 40)
     ax.hist(margins, bins=bins, alpha=0.6, label="positive - each negative", color="#756bb1")
     ax.hist(hardest, bins=bins, alpha=0.6, label="positive - hardest negative", color="#31a354")
     ax.axvline(0, color="black", linewidth=0.8)
@@ -143,11 +143,11 @@ def draw_report_plots(data: ReportData, plots_dir: Path) -> dict[str, str]:
         )
         made["Drops by rule"] = "plots/drops_by_rule.png"
     lengths = {f"generated ({data.anchor})": data.anchor_chars, f"source ({data.positive})": data.positive_chars}
-    lengths = {k: v for k, v in lengths.items() if v}
+    lengths = {k: v for k, v in lengths.items() if len(v)}
     if lengths:
         length_histograms(lengths, plots_dir / "lengths.png")
         made["Length distributions"] = "plots/lengths.png"
-    if data.positive_scores and data.negative_scores:
+    if len(data.positive_scores) and len(data.negative_scores):
         score_histograms(data.positive_scores, data.negative_scores, plots_dir / "scores.png")
         made["Positive vs negative scores"] = "plots/scores.png"
         margin_histogram(data.margins, data.hardest_margins, plots_dir / "margins.png")

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from synth.llm import Usage
 
 DropKey = tuple[str, str, str]  # (step, rule, reason)
 USAGE_KEYS = tuple(f.name for f in fields(Usage))
+Values = list[int] | list[float] | np.ndarray
 
 
 class ReportError(ValueError):
@@ -155,12 +157,13 @@ class ReportData:
     positive: str
     drops: Counter[DropKey] = field(default_factory=Counter)
     drop_examples: dict[DropKey, list[str]] = field(default_factory=dict)
-    anchor_chars: list[int] = field(default_factory=list)
-    positive_chars: list[int] = field(default_factory=list)
-    positive_scores: list[float] = field(default_factory=list)
-    negative_scores: list[float] = field(default_factory=list)
-    margins: list[float] = field(default_factory=list)
-    hardest_margins: list[float] = field(default_factory=list)
+    # Lists, or numpy arrays when read from details/ (a million rows: 8 bytes each, not a Python object).
+    anchor_chars: Values = field(default_factory=list)
+    positive_chars: Values = field(default_factory=list)
+    positive_scores: Values = field(default_factory=list)
+    negative_scores: Values = field(default_factory=list)
+    margins: Values = field(default_factory=list)
+    hardest_margins: Values = field(default_factory=list)
 
 
 def _read_mapping(path: Path, parse: Any) -> dict[str, Any]:
@@ -176,26 +179,28 @@ def _read_mapping(path: Path, parse: Any) -> dict[str, Any]:
     return value
 
 
-def _drop_records(folder: Path) -> list[dict[str, Any]]:
+def _drop_records(folder: Path) -> Iterator[dict[str, Any]]:
+    """Every drop record, streamed: from the `dropped/` dataset a batch at a time, else dropped.jsonl."""
     if (folder / "dropped" / "dataset_info.json").exists():
-        from datasets import load_from_disk
+        from synth.export_arrow import iter_record_batches
 
-        ds = load_from_disk(str(folder / "dropped"))
-        return [{**json.loads(r.pop("values") or "{}"), **r} for r in ds.to_list()]
+        for batch in iter_record_batches(folder / "dropped"):
+            for r in batch.to_pylist():
+                yield {**json.loads(r.pop("values") or "{}"), **r}
+        return
     path = folder / "dropped.jsonl"
     if not path.exists():
-        return []
-    records = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as e:
-            raise ReportError(f"{path}:{lineno}: not valid JSON ({e})") from None
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+        return
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as e:
+                raise ReportError(f"{path}:{lineno}: not valid JSON ({e})") from None
+            if isinstance(record, dict):
+                yield record
 
 
 def _example(record: dict[str, Any]) -> str:
@@ -240,19 +245,65 @@ def collect(folder: Path) -> ReportData:
 
 
 def _collect_details(path: Path, data: ReportData) -> None:
-    from datasets import load_from_disk
+    """Lengths, scores and margins from details/, read one record batch at a time (never whole columns).
 
-    ds = load_from_disk(str(path))
-    names = set(ds.column_names)
-    if data.anchor in names:
-        data.anchor_chars = [len(str(t or "")) for t in ds[data.anchor]]
-    if data.positive in names:
-        data.positive_chars = [len(str(t or "")) for t in dict.fromkeys(ds[data.positive])]
-    if {"positive_score", "negative_scores"} <= names:
-        for pos, negs in zip(ds["positive_score"], ds["negative_scores"], strict=True):
-            if pos is None or not negs:
-                continue
-            data.positive_scores.append(float(pos))
-            data.negative_scores.extend(float(s) for s in negs)
-            data.margins.extend(float(pos) - float(s) for s in negs)
-            data.hardest_margins.append(float(pos) - max(float(s) for s in negs))
+    Distinct positives are told apart by a 64-bit hash of their value (8 bytes a row), not by
+    holding every text; two different texts sharing a hash would count once (odds ~n^2/2^65).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from synth.export_arrow import iter_record_batches
+
+    anchor_chars: list[np.ndarray] = []
+    positive_hashes: list[np.ndarray] = []  # 64-bit hash of each row's positive text (distinct ones counted once)
+    positive_chars: list[np.ndarray] = []
+    scores: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    wanted = [data.anchor, data.positive, "positive_score", "negative_scores"]
+    for batch in iter_record_batches(path, wanted):
+        names = set(batch.schema.names)
+        if data.anchor in names:
+            anchor_chars.append(_char_counts(batch.column(data.anchor), pa, pc))
+        if data.positive in names:
+            column = batch.column(data.positive)
+            positive_chars.append(_char_counts(column, pa, pc))
+            texts = column.to_pylist()
+            positive_hashes.append(np.fromiter(map(_hash, texts), dtype=np.int64, count=len(texts)))
+        if {"positive_score", "negative_scores"} <= names:
+            scores.append(_batch_scores(batch.column("positive_score"), batch.column("negative_scores")))
+    data.anchor_chars = np.concatenate(anchor_chars) if anchor_chars else data.anchor_chars
+    if positive_hashes:
+        _, first = np.unique(np.concatenate(positive_hashes), return_index=True)
+        # each distinct text once, in the order first seen
+        data.positive_chars = np.concatenate(positive_chars)[np.sort(first)]
+    if scores:
+        data.positive_scores, data.negative_scores, data.margins, data.hardest_margins = (
+            np.concatenate(parts) for parts in zip(*scores, strict=True)
+        )
+
+
+def _hash(value: Any) -> int:
+    return hash(value if isinstance(value, str) else repr(value))
+
+
+def _char_counts(column: Any, pa: Any, pc: Any) -> np.ndarray:
+    """len(str(value or "")) of each value: characters of strings, of the text form otherwise."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return pc.fill_null(pc.utf8_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.array([len(str(v or "")) for v in column.to_pylist()], dtype=np.int64)
+
+
+def _batch_scores(positive: Any, negatives: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(positive scores, negative scores, margins to each negative, margins to the hardest) of rows
+    that have a positive score and at least one negative, in row order."""
+    pos_all, neg_all, margins, hardest = [], [], [], []
+    for pos, negs in zip(positive.to_pylist(), negatives.to_pylist(), strict=True):
+        if pos is None or not negs:
+            continue
+        pos = float(pos)
+        values = [float(s) for s in negs]
+        pos_all.append(pos)
+        neg_all.extend(values)
+        margins.extend(pos - s for s in values)
+        hardest.append(pos - max(values))
+    return tuple(np.asarray(v, dtype=np.float64) for v in (pos_all, neg_all, margins, hardest))  # type: ignore[return-value]

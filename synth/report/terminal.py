@@ -10,20 +10,21 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from synth.report.summary import ReportData, collect
+from synth.report.summary import ReportData, Values, collect
 
 # Every string from the folder goes through `escape`: a drop example such as "[/x]" is text, not rich markup.
 
 
-def _median(values: list[float] | list[int]) -> str:
-    if not values:
+def _median(values: Values) -> str:
+    if not len(values):
         return "-"
-    ordered = sorted(values)
-    return f"{ordered[len(ordered) // 2]:.3g}"
+    ordered = np.sort(np.asarray(values))
+    return f"{ordered[len(ordered) // 2].item():.3g}"
 
 
 def _steps_table(data: ReportData) -> Table:
