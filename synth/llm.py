@@ -8,9 +8,12 @@ Nothing here renders prompts: callers pass finished conversations and sampling p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from synth.backends import (
     PROMPT_TOO_LONG,
@@ -51,6 +54,48 @@ class Usage:
             self.failed += 1
 
 
+CHUNK = 1024  # conversations rendered and looked up in the cache at a time
+
+
+@runtime_checkable
+class StreamingBackend(Protocol):
+    """A backend that takes a lazy stream of conversations and reports each reply as it finishes."""
+
+    def stream(self, conversations: Iterable[Messages], params: SamplingParams) -> Iterator[tuple[int, Completion]]:
+        """(position in `conversations`, reply), in finishing order."""
+        ...
+
+
+def _replies(
+    backend: LLMBackend, feed: Iterator[Messages], params: SamplingParams, arrived: Callable[[int, Completion], None]
+) -> Iterator[None]:
+    """Hand `arrived` every reply (position in `feed`, reply) the moment the backend has it; yield after each.
+
+    A streaming backend gets the whole feed; any other backend gets it `CHUNK` conversations per
+    `generate` call (its `on_result` still commits each reply as it arrives).
+    """
+    if isinstance(backend, StreamingBackend):
+        with contextlib.closing(backend.stream(feed, params)) as replies:
+            for j, completion in replies:
+                arrived(j, completion)
+                yield
+        return
+    offset = 0
+    while batch := list(itertools.islice(feed, CHUNK)):
+        reported: set[int] = set()
+
+        def report(i: int, completion: Completion, start: int = offset, seen: set[int] = reported) -> None:
+            seen.add(i)
+            arrived(start + i, completion)
+
+        replies = backend.generate(batch, params, on_result=report)
+        for i, completion in enumerate(replies):  # a backend that skipped on_result for some
+            if i not in reported:
+                arrived(offset + i, completion)
+        offset += len(batch)
+        yield
+
+
 class CachedLLM:
     """A named LLM of a recipe. Its identity is known without building it; the backend is built once, lazily."""
 
@@ -85,32 +130,72 @@ class CachedLLM:
         usage: Usage,
         advance: Callable[[float], None] | None = None,
     ) -> list[Completion]:
-        """One Completion per conversation, same order: cached replies first, the rest from the backend.
+        """One Completion per conversation, same order: cached replies first, the rest from the backend."""
+        return list(self.stream(conversations, params, usage, advance))
 
-        Each fresh reply is committed the moment the backend reports it, so a run killed mid-step
-        pays for none of them again. Failed replies and replies without text are never stored.
+    def stream(
+        self,
+        conversations: Iterable[Messages],
+        params: SamplingParams,
+        usage: Usage,
+        advance: Callable[[float], None] | None = None,
+    ) -> Iterator[Completion]:
+        """One Completion per conversation, in input order, each as soon as it and those before it are ready.
+
+        `conversations` is read lazily, `CHUNK` at a time (one cache lookup each), and what the cache
+        does not answer flows to the backend as one stream, so a backend that keeps a window of
+        requests in flight (vLLM) is never drained between chunks. Each fresh reply is committed
+        the moment the backend reports it, so a run killed mid-step pays for none of them again.
+        Failed replies and replies without text are never stored. The backend is built only when
+        some conversation is not cached.
         """
         step = advance or (lambda n: None)
-        keys = [request_key(self.kind, self.model_id, c, params) for c in conversations]
-        cached = self.cache.get_many(keys) if self.cache is not None else {}
-        missing = [i for i, k in enumerate(keys) if k not in cached]
-        usage.cache_hits += len(conversations) - len(missing)
-        step(len(conversations) - len(missing))
+        order: deque[list[Any]] = deque()  # [cache key, Completion or None], oldest first
+        sent: dict[int, list[Any]] = {}  # position in the stream to the backend -> its entry
+
+        def uncached() -> Iterator[tuple[list[Any], Messages]]:
+            source = iter(conversations)
+            while chunk := list(itertools.islice(source, CHUNK)):
+                keys = [request_key(self.kind, self.model_id, c, params) for c in chunk]
+                cached = self.cache.get_many(keys) if self.cache is not None else {}
+                entries = [[k, cached.get(k)] for k in keys]
+                order.extend(entries)
+                usage.cache_hits += len(chunk) - sum(e[1] is None for e in entries)
+                step(len(chunk) - sum(e[1] is None for e in entries))
+                yield from ((e, c) for e, c in zip(entries, chunk, strict=True) if e[1] is None)
+
+        def feed(todo: Iterator[tuple[list[Any], Messages]]) -> Iterator[Messages]:
+            for j, (entry, conversation) in enumerate(todo):
+                sent[j] = entry
+                yield conversation
 
         def arrived(j: int, completion: Completion) -> None:
+            entry = sent.pop(j)
             if self.cache is not None and completion.error is None:
-                self.cache.put(keys[missing[j]], completion, self.model_id)
+                self.cache.put(entry[0], completion, self.model_id)
                 crash_point("reply")
+            usage.count(completion)
             step(1)
             count_tokens(step, completion.completion_tokens)
+            entry[1] = completion
 
-        fresh: dict[int, Completion] = {}
-        if missing:
-            replies = self.backend().generate([conversations[i] for i in missing], params, on_result=arrived)
-            fresh = dict(zip(missing, replies, strict=True))
-            for completion in replies:
-                usage.count(completion)
-        return [fresh[i] if i in fresh else cached[keys[i]] for i in range(len(conversations))]
+        def ready() -> Iterator[Completion]:
+            while order and order[0][1] is not None:
+                yield order.popleft()[1]
+
+        todo = uncached()
+        first = next(todo, None)  # reads past fully cached chunks without building the backend
+        yield from ready()
+        if first is None:
+            return
+        with contextlib.closing(
+            _replies(self.backend(), feed(itertools.chain([first], todo)), params, arrived)
+        ) as fresh:
+            for _ in fresh:
+                yield from ready()
+        yield from ready()
+        if order:
+            raise RuntimeError(f"the {self.kind} backend returned no reply for {len(order)} requests")
 
     def close(self) -> None:
         if self._owned and self._backend is not None:

