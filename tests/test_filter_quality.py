@@ -14,7 +14,7 @@ import pytest
 
 from synth.prompts import PromptLibrary
 from synth.steps.filter import FilterStep
-from synth.steps.filter_quality import leaked_words, repeated_share
+from synth.steps.filter_quality import echoed_prefix, leaked_words, repeated_share
 from synth.steps.filter_spec import FilterSpec
 from tests.conftest import make_ctx
 
@@ -192,3 +192,53 @@ def test_the_real_engine_reports_length_for_a_reply_cut_at_max_tokens(vllm_backe
     result = generate(vllm_backend, max_tokens=2)
     assert [r["queries_finish_reason"] for r in result.rows] == ["length"] * 4
     assert run([{"rule": "truncated", "step": "queries"}], result.rows).rows == []
+
+
+# --- few-shot echo at the start of a reply, and replies that are no query at all ---
+
+
+def test_a_reply_that_opens_with_the_example_answer_is_an_echo_even_with_a_real_query_glued_on() -> None:
+    examples = ["honey shelf life bacteria"]
+    reply = "honey shelf life bacteria effectiveness gemcitabine plus erlotinib for treating pancreatic cancer"
+    assert echoed_prefix(reply, examples, LIVER) == ["honey", "shelf", "life", "bacteria"]
+    assert echoed_prefix("liver honey shelf life", examples, LIVER) == [], "only an opening run counts"
+    assert echoed_prefix("honey shelf life", examples, "Honey keeps: its shelf life is long.") == []
+    rows = [{"query": reply, "text": LIVER}, {"query": "honey shelf glucose liver lipids regulation", "text": LIVER}]
+    result = run([{"rule": "leakage", "template": "query_keywords.j2"}], rows)
+    assert [r["query"] for r in result.rows] == [rows[1]["query"]], "a two-word echo is below prefix_words (3)"
+    [echo] = result.dropped
+    assert echo["reason"] == "fewshot_prefix" and echo["echoed_prefix"] == ["honey", "shelf", "life", "bacteria"]
+    assert echo["leaked_share"] < 0.5, "the share test alone would have kept it"
+    assert run([{"rule": "leakage", "template": "query_keywords.j2", "prefix_words": None}], rows[:1]).dropped == []
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason", "matched"),
+    [
+        ("Why is the answer to this question not answered by the given passage?", "meta_reply", "this question"),
+        ("honey - 2 to 6 words:", "meta_reply", "2 to 6 words"),
+        ("building on the above.", "meta_reply", "the above"),
+        ("Sure! Here is a question about the liver", "meta_reply", "Here is"),
+        ("Query: liver glucose", "meta_reply", "Query:"),
+        ("Lymphoma and Prostate Cancer Treatment:", "lead_in", "te Cancer Treatment:"),
+        ("Why does the liver store glycogen?", None, None),
+        ("The Answer to the Pritikin Puzzle", None, None),  # a real NFCorpus query
+        ("hepatocyte glucose regulation", None, None),
+    ],
+)
+def test_querylike_drops_replies_that_talk_about_the_prompt_or_lead_into_a_list(
+    reply: str, reason: str | None, matched: str | None
+) -> None:
+    result = run([{"rule": "querylike"}], [{"query": reply, "text": LIVER}])
+    assert [d["reason"] for d in result.dropped] == ([reason] if reason else [])
+    if reason:
+        assert result.dropped[0]["matched"] == matched and result.dropped[0]["rule"] == "querylike"
+
+
+def test_querylike_lets_a_phrase_through_when_the_passage_has_it_too() -> None:
+    passage = "In this article we review the above-mentioned trials of statins."
+    rows = [{"query": "statin trials in this article", "text": passage}, {"query": "statin trials: ", "text": passage}]
+    result = run([{"rule": "querylike", "lead_in": False}], rows)
+    assert len(result.rows) == 2
+    with pytest.raises(ValueError, match="bad pattern"):
+        FilterSpec.model_validate({"rules": [{"rule": "querylike", "meta_phrases": ["("]}]})

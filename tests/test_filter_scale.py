@@ -86,7 +86,7 @@ def write_docs(folder: Path, rows: list[dict[str, Any]]) -> None:
 def test_a_recipe_samples_several_queries_per_passage_and_keeps_the_best(
     tmp_path: Path, dry_backend: Any, hashing_embedder: Any
 ) -> None:
-    """generate n=3 x 2 styles -> truncated, repetition, leakage, dedup, roundtrip keep-best -> export."""
+    """generate n=3 x 2 styles -> truncated, repetition, leakage, querylike, dedup, roundtrip keep-best -> export."""
     from datasets import load_from_disk
 
     from synth.recipe import load_recipe
@@ -106,6 +106,7 @@ steps:
         - {rule: truncated, step: queries}
         - {rule: repetition}
         - {rule: leakage, template: query.j2}
+        - {rule: querylike}
         - {rule: dedup, scope: source}
         - {rule: roundtrip, top_k: 3, keep_best_per_source: 1}
 """

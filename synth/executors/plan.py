@@ -8,7 +8,7 @@ its input rows and runs once over them.
 A step says so itself (`Step.row_wise`, `Step.split()` in synth/steps/base.py). Until the step
 modules declare it, `split` below knows the two kinds that stream: `generate` (one reply per
 row x combination), and `filter`, whose row-local rules (length, regex, script, copy, judge,
-repetition, leakage, truncated) at the head of its rule list run per batch; the rules from the
+repetition, leakage, truncated, querylike) at the head of its rule list run per batch; the rules from the
 first corpus-aware one (dedup, roundtrip) on run over all rows that the head kept, which is what
 the whole filter would do, since each rule only ever sees the rows the rules before it kept.
 """
@@ -20,7 +20,7 @@ from typing import Any
 from synth.steps.base import Row, Step
 
 ROW_WISE_KINDS = {"generate"}
-ROW_LOCAL_RULES = {"length", "regex", "script", "copy", "judge", "repetition", "leakage", "truncated"}
+ROW_LOCAL_RULES = {"length", "regex", "script", "copy", "judge", "repetition", "leakage", "truncated", "querylike"}
 
 
 def _with_rules(step: Step, rules: list[Any]) -> Step:

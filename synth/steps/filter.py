@@ -23,7 +23,7 @@ from synth.dedup import find_duplicates, normalize
 from synth.prompts import PromptLibrary
 from synth.steps.base import Row, Step, StepContext, StepResult, stable_hash
 from synth.steps.filter_common import Outcome, record, text_of, words
-from synth.steps.filter_quality import apply_leakage, apply_repetition, apply_truncated
+from synth.steps.filter_quality import apply_leakage, apply_querylike, apply_repetition, apply_truncated
 from synth.steps.filter_roundtrip import apply_roundtrip
 from synth.steps.filter_spec import (
     CopyRule,
@@ -32,6 +32,7 @@ from synth.steps.filter_spec import (
     JudgeRule,
     LeakageRule,
     LengthRule,
+    QueryLikeRule,
     RegexRule,
     RepetitionRule,
     RoundTripRule,
@@ -212,6 +213,7 @@ RULES: dict[type, Callable[[Any, Sequence[Row], StepContext, str], Outcome]] = {
     RepetitionRule: apply_repetition,
     LeakageRule: apply_leakage,
     TruncatedRule: apply_truncated,
+    QueryLikeRule: apply_querylike,
     RoundTripRule: apply_roundtrip,
     JudgeRule: _apply_judge,
 }

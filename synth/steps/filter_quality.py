@@ -9,12 +9,13 @@ run shard by shard, before the rules that need every row.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from synth.backends import UNKNOWN_FINISH
 from synth.steps.base import Row, StepContext
 from synth.steps.filter_common import Outcome, record, text_of, words
-from synth.steps.filter_spec import LeakageRule, RepetitionRule, TruncatedRule
+from synth.steps.filter_spec import LeakageRule, QueryLikeRule, RepetitionRule, TruncatedRule
 
 
 def repeated_share(text: str, n: int) -> float:
@@ -50,6 +51,22 @@ def leaked_words(reply: str, examples: Sequence[str], passage: str) -> list[str]
     return [w for w in words(reply) if w.casefold() in from_examples and w.casefold() not in in_passage]
 
 
+def echoed_prefix(reply: str, examples: Sequence[str], passage: str) -> list[str]:
+    """The longest run of words the reply opens with that also opens an example answer, when none of
+    them is in the passage (case-folded); else []."""
+    in_passage = {w.casefold() for w in words(passage)}
+    said = [w.casefold() for w in words(reply)]
+    best: list[str] = []
+    for example in examples:
+        shared = 0
+        for a, b in zip(said, (w.casefold() for w in words(example)), strict=False):
+            if a != b or a in in_passage:
+                break
+            shared += 1
+        best = max(best, words(reply)[:shared], key=len)
+    return best
+
+
 def apply_leakage(rule: LeakageRule, rows: Sequence[Row], ctx: StepContext, step: str) -> Outcome:
     out = Outcome()
     for i, row in enumerate(rows):
@@ -57,16 +74,21 @@ def apply_leakage(rule: LeakageRule, rows: Sequence[Row], ctx: StepContext, step
             rule.template, {**row, **rule.vars, "row": row}, f"{i} (id={row.get('source_id')})"
         )
         examples = [m["content"] for m in messages if m["role"] == "assistant"]
-        text = text_of(row, rule.column)
-        leaked = leaked_words(text, examples, text_of(row, rule.source_column))
+        text, passage = text_of(row, rule.column), text_of(row, rule.source_column)
+        leaked = leaked_words(text, examples, passage)
         share = round(len(leaked) / max(1, len(words(text))), 4)
-        if len(leaked) < rule.min_leaked_words or share < rule.max_share:
+        prefix = echoed_prefix(text, examples, passage) if rule.prefix_words is not None else []
+        if len(leaked) >= rule.min_leaked_words and share >= rule.max_share:
+            reason = "fewshot_leak"
+        elif rule.prefix_words is not None and len(prefix) >= rule.prefix_words:
+            reason = "fewshot_prefix"
+        else:
             out.kept.append(row)
             continue
         out.dropped.append(
             record(
-                step, rule, "fewshot_leak", row, column=rule.column, value=text, leaked_words=leaked,
-                leaked_share=share, examples=examples, max_share=rule.max_share,
+                step, rule, reason, row, column=rule.column, value=text, leaked_words=leaked,
+                leaked_share=share, echoed_prefix=prefix, examples=examples, max_share=rule.max_share,
             )
         )  # fmt: skip
     return out
@@ -90,4 +112,29 @@ def apply_truncated(rule: TruncatedRule, rows: Sequence[Row], ctx: StepContext, 
                 finish_reason=finish, finish_column=rule.finish_column,
             )
         )  # fmt: skip
+    return out
+
+
+def not_a_query(text: str, passage: str, rule: QueryLikeRule) -> tuple[str, str] | None:
+    """(reason, evidence) when the text is no query: meta talk about the prompt, or a lead-in colon."""
+    for pattern in rule.meta_phrases:
+        hit = re.search(pattern, text, re.IGNORECASE)
+        if hit and not (passage and re.search(pattern, passage, re.IGNORECASE)):
+            return "meta_reply", hit.group(0)
+    if rule.lead_in and text.rstrip().endswith(":"):
+        return "lead_in", text.rstrip()[-20:]
+    return None
+
+
+def apply_querylike(rule: QueryLikeRule, rows: Sequence[Row], ctx: StepContext, step: str) -> Outcome:
+    out = Outcome()
+    for row in rows:
+        text = text_of(row, rule.column)
+        passage = text_of(row, rule.source_column) if rule.source_column else ""
+        found = not_a_query(text, passage, rule)
+        if found is None:
+            out.kept.append(row)
+            continue
+        reason, evidence = found
+        out.dropped.append(record(step, rule, reason, row, column=rule.column, value=text, matched=evidence))
     return out
