@@ -10,6 +10,10 @@ runs in its own subprocess so its peak RSS is its own: ST, synth (st_compatible,
 the embedding floor (the same texts through `encode` alone). Then synth mines a 10x corpus
 (every passage plus nine concatenations of two passages) with a static embedder built from
 MiniLM's token embeddings, to show memory does not grow with the corpus.
+
+`--backend onnx|onnx-int8` runs synth and the floor on synth's ONNX Runtime embedder backend
+(exported once into SYNTH_HOME, before the clock starts); sentence-transformers stays on torch, its
+default path. Rows are then compared by overlap, not identity (int8 vectors differ slightly).
 """
 
 from __future__ import annotations
@@ -105,13 +109,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_one(kind: str, work: Path, model: str) -> dict:
+def run_one(kind: str, work: Path, model: str, backend: str = "torch") -> dict:
     """One measurement in this (fresh) process."""
     from sentence_transformers import SentenceTransformer
 
     pairs = json.loads((work / "pairs.json").read_text())
     corpus = json.loads((work / ("corpus10x.json" if kind == "synth10x" else "corpus.json")).read_text())
-    st = SentenceTransformer(model, device="cpu")
+    if backend != "torch" and kind != "st":  # synth's ONNX embedder: its model, routed through ONNX Runtime
+        from synth.embedders import SentenceTransformerEmbedder
+        from synth.specs import EmbedderSpec
+
+        st = SentenceTransformerEmbedder(EmbedderSpec(model=model, backend=backend, batch_size=64)).model
+    else:
+        st = SentenceTransformer(model, device="cpu")
     t0 = time.perf_counter()
     if kind == "st":
         from datasets import Dataset
@@ -150,8 +160,8 @@ def run_one(kind: str, work: Path, model: str) -> dict:
     }
 
 
-def measure(kind: str, work: Path, model: Path) -> dict:
-    cmd = [sys.executable, __file__, "--one", kind, "--work", str(work), "--model", str(model)]
+def measure(kind: str, work: Path, model: Path, backend: str = "torch") -> dict:
+    cmd = [sys.executable, __file__, "--one", kind, "--work", str(work), "--model", str(model), "--backend", backend]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     print(json.dumps(result), flush=True)
@@ -167,10 +177,13 @@ def main() -> None:
     ap.add_argument("--one")
     ap.add_argument("--model")
     ap.add_argument("--skip-10x", action="store_true")
+    ap.add_argument(
+        "--backend", choices=["torch", "onnx", "onnx-int8"], default="torch", help="synth's embedder backend"
+    )
     ap.add_argument("--embedder", choices=["minilm-2l", "static"], default="minilm-2l", help="for the ST comparison")
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.work, args.model)))
+        print(json.dumps(run_one(args.one, args.work, args.model, args.backend)))
         return
     args.work.mkdir(parents=True, exist_ok=True)
     pairs, corpus = collect(args.data, args.passages, args.queries)
@@ -179,9 +192,20 @@ def main() -> None:
     small, static = build_models(args.work)
     print(f"{len(pairs)} pairs, {len(corpus)} passages; knobs {KNOBS}", flush=True)
     model = small if args.embedder == "minilm-2l" else static
-    st, synth, floor = (measure(k, args.work, model) for k in ("st", "synth", "floor"))
-    same = json.loads((args.work / "st.json").read_text()) == json.loads((args.work / "synth.json").read_text())
-    print(f"identical rows: {same}")
+    st, synth, floor = (
+        measure(k, args.work, model, "torch" if k == "st" else args.backend) for k in ("st", "synth", "floor")
+    )
+    st_rows, synth_rows = (json.loads((args.work / f"{k}.json").read_text()) for k in ("st", "synth"))
+    print(f"identical rows: {st_rows == synth_rows}")
+    if args.backend != "torch":  # how many (anchor, negative) choices the two tools share
+
+        def negatives(rows: list[dict]) -> set[tuple[str, str]]:
+            return {(r["anchor"], v) for r in rows for k, v in r.items() if k.startswith("negative")}
+
+        a, b = negatives(st_rows), negatives(synth_rows)
+        print(
+            f"rows ST {len(st_rows)}, synth {len(synth_rows)}; shared negatives {len(a & b) / max(1, len(a)):.3f} of ST's"
+        )
     print(
         f"time synth/ST {synth['seconds'] / st['seconds']:.2f}x; peak RSS synth/ST {synth['peak_rss_mb'] / st['peak_rss_mb']:.2f}x; synth/floor {synth['seconds'] / floor['seconds']:.2f}x"
     )

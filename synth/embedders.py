@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from synth.cache import EmbeddingCache
+from synth.embed_onnx import EXPORT_VERSION
 from synth.faults import crash_point
 from synth.models import folder_fingerprint, resolve_model
 
@@ -34,20 +35,39 @@ class Embedder(Protocol):
 
 
 class SentenceTransformerEmbedder:
-    """sentence-transformers model; texts are sorted by length so batches pad little."""
+    """sentence-transformers model, run by torch or (backend onnx / onnx-int8) by ONNX Runtime.
+
+    Texts are sorted by length over the whole call, then encoded in blocks: sentence-transformers
+    sorts within each `encode` call only, so the global sort is what keeps blocks' padding low.
+    """
 
     @staticmethod
     def identity(spec: Any) -> str:
-        """Model name plus a content fingerprint for local folders, so caches notice retrained weights."""
+        """Model name plus a content fingerprint for local folders, so caches notice retrained weights;
+        plus the backend when it is not torch (ONNX and int8 vectors differ slightly from torch's)."""
         local = Path(resolve_model(spec.model))
-        return spec.model + (f"@{folder_fingerprint(local)}" if local.is_dir() else "")
+        backend = getattr(spec, "backend", "torch")
+        suffix = "" if backend == "torch" else f"+{backend}-v{EXPORT_VERSION}"
+        return spec.model + (f"@{folder_fingerprint(local)}" if local.is_dir() else "") + suffix
 
     def __init__(self, spec: Any) -> None:
         from sentence_transformers import SentenceTransformer
 
         self.spec = spec
         self.model_id = self.identity(spec)
-        self.model = SentenceTransformer(resolve_model(spec.model), device=spec.device)
+        source = resolve_model(spec.model)
+        self.exported = False  # True when this load exported the ONNX model (the first use only)
+        if getattr(spec, "backend", "torch") == "torch":
+            self.model = SentenceTransformer(source, device=spec.device)
+            return
+        from synth.embed_onnx import attach, ensure_export, session
+
+        def load(**options: Any) -> Any:
+            return SentenceTransformer(source, device="cpu", **options)
+
+        self.onnx_path, self.exported = ensure_export(spec.model, Path(source), spec.backend, load)
+        self.model = load()
+        attach(self.model, session(self.onnx_path))
 
     def embed(self, texts: Sequence[str], *, role: Role, progress: Callable[[int], None] | None = None) -> np.ndarray:
         prompt = self.spec.query_prompt if role == "query" else self.spec.document_prompt
@@ -108,6 +128,10 @@ class HashingEmbedder:
 
     @staticmethod
     def identity(spec: Any) -> str:
+        if getattr(spec, "backend", "torch") != "torch":
+            raise ValueError(
+                f"embedder {spec.model!r}: backend {spec.backend!r} applies to sentence-transformers models only"
+            )
         return f"hashing-{HashingEmbedder.dimension(spec.model)}@v{HASHING_VERSION}"
 
     def vector(self, text: str) -> np.ndarray:

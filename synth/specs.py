@@ -102,7 +102,16 @@ class LLMSpec(Strict):
 
 class EmbedderSpec(Strict):
     model: str = DEFAULT_EMBEDDER
+    # torch; or ONNX Runtime on the CPU, exported once into synth's model cache (synth/embed_onnx.py):
+    # onnx (fp32, same vectors) or onnx-int8 (dynamic int8 weights: faster, vectors differ slightly)
+    backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
     batch_size: int = Field(default=64, ge=1)
     device: str | None = None
     query_prompt: str | None = None
     document_prompt: str | None = None
+
+    @model_validator(mode="after")
+    def _onnx_on_cpu(self) -> EmbedderSpec:
+        if self.backend != "torch" and self.device not in (None, "cpu"):
+            raise ValueError(f"backend {self.backend} runs on the CPU; use backend: torch for device {self.device!r}")
+        return self
