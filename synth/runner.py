@@ -240,7 +240,7 @@ def _run(
         )
         advance(1)
     result.output_dir = out.resolve()
-    result.rows, result.dropped = pipeline.output_views(result.output_dir)  # type: ignore[assignment]
+    result.rows, result.dropped = pipeline.output_views(result.output_dir, len(rows))  # type: ignore[assignment]
     shutil.rmtree(work, ignore_errors=True)
     return result
 

@@ -143,5 +143,7 @@ def test_without_the_cache_nothing_is_resumed_or_left_behind(tmp_path: Path) -> 
     result = run_recipe(recipe, folder, output_dir=tmp_path / "out", limit=3, use_cache=False, batch_rows=2)
     assert next(r for r in result.reports if r.name == "queries").requests == 6
     assert not (tmp_path / ".out.synth-work").exists()
-    assert len(result.rows) == len(load_from_disk(str(tmp_path / "out" / "details")))
+    details = load_from_disk(str(tmp_path / "out" / "details"))
+    assert len(result.rows) == len(details) and result.rows._dataset is None  # type: ignore[attr-defined]  # counted, not opened
+    assert result.rows[0] == details[0] and list(result.rows) == details.to_list() == result.rows.to_list()  # type: ignore[attr-defined]
     assert len(result.dropped) == len((tmp_path / "out" / "dropped.jsonl").read_text().splitlines())

@@ -33,6 +33,7 @@ from synth.executors.plan import drop_order, drop_position, reads, split
 from synth.executors.shards import (
     JsonlView,
     RowsView,
+    SavedRows,
     ShardSet,
     read_json,
     read_rows,
@@ -380,9 +381,7 @@ def copy_extras(folders: Sequence[Path], target: Path) -> None:
             shutil.copytree(folder, target, dirs_exist_ok=True)
 
 
-def output_views(out: Path) -> tuple[Any, JsonlView]:
-    """A finished run's rows and drop records, read from its output folder (nothing held in memory)."""
-    from datasets import load_from_disk
-
-    rows = load_from_disk(str(out / "details")) if (out / "details").is_dir() else []
-    return rows, JsonlView(out / "dropped.jsonl")
+def output_views(out: Path, rows: int) -> tuple[Any, JsonlView]:
+    """A finished run's `rows` rows and drop records, read from its output folder (nothing held in memory)."""
+    found = SavedRows(out / "details", rows) if (out / "details").is_dir() else []
+    return found, JsonlView(out / "dropped.jsonl")
