@@ -165,6 +165,9 @@ def attach(st: Any, sess: Any) -> None:
         return {"last_hidden_state": torch.from_numpy(sess.run(None, feeds)[0])}
 
     transformer.model.forward = forward
+    with torch.no_grad():  # the torch weights are never read again: free them (config and device stay)
+        for param in transformer.model.parameters():
+            param.data = torch.empty(0, dtype=param.dtype)
 
 
 def _agreement(st_torch: Any, st_onnx: Any) -> float:
