@@ -118,6 +118,12 @@ def test_bad_input_is_one_error_line(tmp_path: Path) -> None:
         runner.invoke(app, ["passkey", str(HAYSTACK), "-o", str(tmp_path / "pk"), "--tokenizer", bad_tokenizer])
     )
     assert f"tokenizer '{bad_tokenizer}' cannot be loaded" in line and not (tmp_path / "pk").exists()
+    not_a_tokenizer = tmp_path / "empty-model"  # exists, so transformers itself gets to fail on it
+    not_a_tokenizer.mkdir()
+    line = one_error_line(
+        runner.invoke(app, ["needle", str(HAYSTACK), "-o", str(tmp_path / "nd"), "--tokenizer", str(not_a_tokenizer)])
+    )
+    assert f"tokenizer '{not_a_tokenizer}' cannot be loaded (" in line and not (tmp_path / "nd").exists()
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("Apples\nPears\nPlums\n")
     line = one_error_line(

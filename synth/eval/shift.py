@@ -134,6 +134,9 @@ def shift_plot(tests: Sequence[DepthTest], path: Path) -> Path:
         high = max(t.depth_reference.max(), t.depth_other.max())
         bins = np.linspace(low, high, 30)
         other, reference = t.label.split(" vs ") if " vs " in t.label else ("other", "reference")
+        other = other.removeprefix("control: ")
+        if other == reference:  # the control: two halves of one set
+            other, reference = f"{other} B", f"{reference} A"
         ax.hist(t.depth_reference, bins=bins, density=True, alpha=0.55, label=f"{reference} (n={t.n_reference})")
         ax.hist(t.depth_other, bins=bins, density=True, alpha=0.55, label=f"{other} (n={t.n_other})")
         ax.set_title(f"{t.label}\nQ = {t.q:.3f}, p = {t.p:.2g}", fontsize=9)
