@@ -171,6 +171,9 @@ def run_mode(mode: str, backend: Any, step: Any, rows: list[dict[str, Any]], sam
     llm = CachedLLM("default", spec, cache, backend=model)  # type: ignore[arg-type]
     ctx = StepContext(prompts=prompts, documents=[], llm=lambda n=None: llm, embedder=None)  # type: ignore[arg-type]
     ctx.progress = SilentProgress()
+    # Every run starts without cached prefixes: the modes run the same prompts, and a run must not
+    # find the previous run's whole prompts in vLLM's prefix cache (its own shared prefixes it may).
+    backend.llm.reset_prefix_cache()
     if name == "raw":
         conversations = [m for _, _, m in step._jobs(rows, ctx)]
         params = step.params(ctx)
