@@ -289,3 +289,15 @@ class FaultProxy:
         writer.write(self._head(status, {}, len(content), extra) + content)
         await writer.drain()
         return True
+
+
+def default_sigint() -> None:
+    """Popen preexec_fn: a child that starts with SIGINT at its default, as a user's terminal gives it.
+
+    A child inherits an ignored SIGINT from its parent (Python then installs no KeyboardInterrupt
+    handler), and something earlier in a full pytest run can leave it ignored in the test process:
+    then a Ctrl-C test's SIGINT is silently dropped and synth finishes with exit 0.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -23,7 +23,7 @@ from synth.backends import Completion, SamplingParams
 from synth.backends.openai import APIError, OpenAIBackend
 from synth.recipe import LLMSpec, RecipeError, load_recipe
 from tests.conftest import QUICKSTART, REPO, write_recipe
-from tests.servers import BROKEN_REPLIES, FaultProxy, Faults, VLLMServer
+from tests.servers import BROKEN_REPLIES, FaultProxy, Faults, VLLMServer, default_sigint
 
 MODEL = "smollm2-135m-instruct"  # served under its alias, so the quickstart's `model:` works as is
 KEY = "sk-synth-test-4f9c2b7e1d"
@@ -228,7 +228,12 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_arrived(proxy: FaultProxy, tmp_path
     sets = ["llm.backend=openai", f"llm.base_url={proxy.url}", f"llm.api_key_env={KEY_ENV}", "llm.max_concurrency=2"]
     args = ["generate", str(QUICKSTART), "--limit", "20", "-o", str(out), *[a for s in sets for a in ("--set", s)]]
     cli = subprocess.Popen(
-        [sys.executable, "-m", "synth.cli", *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "-m", "synth.cli", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 120
     while proxy.forwarded < 6 and time.monotonic() < deadline and cli.poll() is None:

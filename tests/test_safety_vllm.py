@@ -17,6 +17,7 @@ import psutil
 
 from synth.backends import Completion, SamplingParams
 from tests.conftest import QUICKSTART, REPO
+from tests.servers import default_sigint
 
 
 def test_an_over_long_prompt_is_one_error_not_a_dead_run(vllm_backend: object) -> None:
@@ -88,6 +89,7 @@ def test_ctrl_c_while_the_engine_starts_leaves_no_engine_behind(tmp_path: Path) 
             stdout=subprocess.DEVNULL,
             stderr=stderr_file,
             start_new_session=True,  # its own group, so a failed test can take every process down
+            preexec_fn=default_sigint,
         )
     synth = psutil.Process(cli.pid)
     seen: dict[int, psutil.Process] = {}
