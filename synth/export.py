@@ -270,39 +270,30 @@ def write_output(
     `extras(folder)` runs last, on the complete temp folder (report, plots), before the swap.
     """
     train = training_rows(rows, anchor, positive, negative_columns, layout)
-    check_output_dir(out_dir, inputs)
-    shown, out_dir = Path(out_dir), _resolved(out_dir)
-    with output_lock(shown):
-        check_output_dir(shown, inputs)  # again: the folder may have changed before we held the lock
-        _remove_stale_temp_folders(out_dir)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
-        try:
-            # Every Arrow file goes straight into the folder, a batch at a time, never mapped and read
-            # back (synth/export_arrow.py): memory stays flat however many rows there are.
-            write_training(
-                tmp,
-                train,
-                jsonl=tmp / "train.jsonl" if "jsonl" in formats else None,
-                parquet=tmp / "train.parquet" if "parquet" in formats else None,
-            )
-            crash_point("export")
-            if len(rows):
-                write_details(tmp / "details", rows)
-            write_dropped(tmp / "dropped", tmp / "dropped.jsonl", dropped)
-            if layout.instruction is not None:  # by_instruction/, prompts.json, flagembedding.jsonl
-                raw = training_rows(rows, anchor, positive, negative_columns, layout.without_instruction())
-                write_instruction_views(tmp, rows, raw, layout)
-            (tmp / "README.md").write_text(card, encoding="utf-8")
-            (tmp / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
-            (tmp / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2), encoding="utf-8")
-            if extras is not None:
-                extras(tmp)
-            _marker(tmp)
-            _swap_in(tmp, out_dir, shown)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return out_dir
+
+    def fill(tmp: Path) -> None:
+        # Every Arrow file goes straight into the folder, a batch at a time, never mapped and read
+        # back (synth/export_arrow.py): memory stays flat however many rows there are.
+        write_training(
+            tmp,
+            train,
+            jsonl=tmp / "train.jsonl" if "jsonl" in formats else None,
+            parquet=tmp / "train.parquet" if "parquet" in formats else None,
+        )
+        crash_point("export")
+        if len(rows):
+            write_details(tmp / "details", rows)
+        write_dropped(tmp / "dropped", tmp / "dropped.jsonl", dropped)
+        if layout.instruction is not None:  # by_instruction/, prompts.json, flagembedding.jsonl
+            raw = training_rows(rows, anchor, positive, negative_columns, layout.without_instruction())
+            write_instruction_views(tmp, rows, raw, layout)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        (tmp / "recipe.yaml").write_text(recipe_yaml, encoding="utf-8")
+        (tmp / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2), encoding="utf-8")
+        if extras is not None:
+            extras(tmp)
+
+    return write_folder(out_dir, fill, inputs)
 
 
 def _remove_stale_temp_folders(out_dir: Path) -> None:
@@ -345,9 +336,9 @@ def _swap_in(tmp: Path, out_dir: Path, shown: Path) -> None:
 
 
 def write_folder(out_dir: Path, fill: Callable[[Path], None], inputs: Sequence[Path] = ()) -> Path:
-    """The guarded, atomic replace of `write_output` for a folder whose files `fill(tmp)` writes.
+    """The one guarded, atomic replace: `fill(tmp)` writes a temp folder next to `out_dir`, then it is swapped in.
 
-    `synth mine` uses it: its output gets the same marker, lock and refusals as a recipe's, so
+    `write_output` and `synth mine` use it: both get the same marker, lock and refusals, so
     it never writes into, or over, a folder synth did not write.
     """
     check_output_dir(out_dir, inputs)
