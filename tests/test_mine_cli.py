@@ -99,3 +99,39 @@ def test_synth_mine_never_writes_into_a_folder_it_did_not_write(tmp_path: Path) 
     done = subprocess.run([*base, "-o", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "holds the input" in done.stderr, done.stderr
     assert data.exists()
+
+
+def test_synth_mine_embedder_backend_onnx_mines_what_torch_mines(tmp_path: Path) -> None:
+    """--embedder-backend onnx exports the bundled MiniLM (into this run's SYNTH_HOME) and, being
+    fp32 with the same vectors, picks torch's negatives with torch's scores."""
+    import os
+
+    rows = docstring_pairs(["json", "textwrap"])
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    home = tmp_path / "home"
+    env = {**os.environ, "SYNTH_HOME": str(home)}
+    base = [sys.executable, "-m", "synth.cli", "mine", str(data), "--num-negatives", "2", "--range-max", "8"]
+    base += ["--format", "flagembedding", "--output-scores"]
+    mined = {}
+    for backend in ("torch", "onnx"):
+        cmd = [*base, "-o", str(tmp_path / backend), "--embedder-backend", backend]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+        assert done.returncode == 0, done.stderr
+        lines = (tmp_path / backend / "flagembedding.jsonl").read_text(encoding="utf-8").splitlines()
+        mined[backend] = [json.loads(x) for x in lines]
+        exports = list((home / "models" / "onnx").glob("*/model.onnx"))
+        assert len(exports) == (backend == "onnx")  # torch never exports; onnx really ran through the export
+    assert len(mined["onnx"]) == len({r["anchor"] for r in rows}) > 10
+    for got, want in zip(mined["onnx"], mined["torch"], strict=True):
+        assert (got["query"], got["pos"], got["neg"]) == (want["query"], want["pos"], want["neg"])
+        np.testing.assert_allclose(got["neg_scores"], want["neg_scores"], atol=1e-4)
+    bad = subprocess.run(
+        [*base, "-o", str(tmp_path / "bad"), "--embedder-backend", "onnx8"], capture_output=True, text=True, timeout=120
+    )
+    assert (
+        bad.returncode == 2
+        and bad.stderr.startswith("error: --embedder-backend:")
+        and len(bad.stderr.splitlines()) == 1
+    )
+    assert not (tmp_path / "bad").exists()

@@ -32,10 +32,36 @@ def _spec(options: dict[str, Any]) -> Any:
         raise typer.Exit(2) from None
 
 
+def _embedder_spec(
+    model: str, backend: str, query_prompt: str | None, corpus_prompt: str | None, batch_size: int | None
+) -> Any:
+    """The EmbedderSpec a recipe's `embedder:` would build, or exit 2 in one line (before any model loads)."""
+    from pydantic import ValidationError
+
+    from synth.specs import EmbedderSpec
+
+    options = {"query_prompt": query_prompt, "document_prompt": corpus_prompt, "batch_size": batch_size}
+    try:
+        return EmbedderSpec(model=model, backend=backend, **{k: v for k, v in options.items() if v is not None})
+    except ValidationError as err:
+        for e in err.errors():
+            field = str(e["loc"][0]) if e["loc"] else ""
+            where = {"backend": "--embedder-backend", "document_prompt": "--corpus-prompt"}.get(
+                field, "--" + field.replace("_", "-")
+            )
+            message = e["msg"].removeprefix("Value error, ")
+            typer.echo(f"error: {where}: {message}" if field else f"error: {message}", err=True)
+        raise typer.Exit(2) from None
+
+
 def mine_command(
     data: Annotated[str, typer.Argument(help="jsonl/json/csv/parquet file, saved dataset folder, or hub id.")],
     output: Annotated[Path, Opt("--output", "-o", help="Output folder.")],
     model: Annotated[str, Opt(help="Embedder: alias, local folder or hub id.")] = "all-minilm-l6-v2",
+    embedder_backend: Annotated[
+        str,
+        Opt(help="torch, onnx (same vectors, faster on CPU) or onnx-int8 (fastest; pip install 'synth[onnx]')."),
+    ] = "torch",
     anchor_column: Annotated[str | None, Opt(help="Default: first column.")] = None,
     positive_column: Annotated[str | None, Opt(help="Default: second column.")] = None,
     corpus: Annotated[Path | None, Opt(help="Extra documents: a file with one JSON {text} per line.")] = None,
@@ -110,6 +136,7 @@ def mine_command(
             "output_scores": output_scores,
         }
     )
+    embedder_spec = _embedder_spec(model, embedder_backend, query_prompt, corpus_prompt, batch_size)
     import json
 
     from rich.console import Console
@@ -123,6 +150,7 @@ def mine_command(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
 
+    from synth.embedders import SentenceTransformerEmbedder
     from synth.mining.api import llm_judge, mine_dataset
     from synth.mining.formats import FormatOptions, write_formats
     from synth.mining.rescore import CrossEncoderRescorer
@@ -136,13 +164,18 @@ def mine_command(
             return CrossEncoderRescorer(spec.cross_encoder)
         return llm_judge(llm_model, backend=llm_backend, progress=progress)
 
+    try:
+        embedder = SentenceTransformerEmbedder(embedder_spec)
+    except (ImportError, ValueError) as e:  # onnx extra missing, or a model the ONNX export cannot serve
+        typer.echo(f"error: --embedder-backend {embedder_backend}: {e}", err=True)
+        raise typer.Exit(2) from None
     docs = None
     if corpus is not None:
         docs = [json.loads(line)["text"] for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
     with progress.bars:
         out = mine_dataset(
             data,
-            model,
+            embedder,
             anchor_column=anchor_column,
             positive_column=positive_column,
             corpus=docs,
