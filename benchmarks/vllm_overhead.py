@@ -11,6 +11,11 @@ i.e. `llm.batch_size`, for that mode):
                  the cost of committing every reply as it arrives.
 - `head`         synth's generate step on the loop of git HEAD before the in-flight window
                  (`batch_size` prompts queued, engine drained, next batch): the "before".
+- `exec`         the step as `synth generate` runs it: the local executor over shards of
+                 `--shard-rows` source rows (shard files, outputs, drops and markers written),
+                 one request stream across the shards.
+- `exec-pershard` the same, one stream per shard: the engine drains at every shard boundary
+                 (the executor before the cross-shard stream).
 
 Prompts: the quickstart corpus rendered with the quickstart template (question and keyword
 styles), fanned out to `--prompts` by prefixing each copy's passage with its copy number (so no
@@ -55,6 +60,36 @@ class Figures:
     requests: int
     completion_tokens: int
     texts: list[str]
+    underfull: float = 0.0  # seconds with fewer requests in the engine than the window (drain, tail)
+
+
+class Occupancy:
+    """Samples the engine's unfinished requests every 20 ms in a thread: the seconds it ran with
+    fewer than `window` requests (not fed) while the mode ran. Every mode has the same final tail;
+    what one mode has more of is drain at boundaries (or a slow feed)."""
+
+    def __init__(self, engine: Any, window: int) -> None:
+        import threading
+
+        self.engine, self.window, self.underfull = engine, window, 0.0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        last = time.perf_counter()
+        while not self.stop.wait(0.02):
+            now = time.perf_counter()
+            if self.engine.get_num_unfinished_requests() < self.window:
+                self.underfull += now - last
+            last = now
+
+    def __enter__(self) -> Occupancy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
 
     @property
     def tokens_per_s(self) -> float:
@@ -155,7 +190,30 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, list[dict[str, Any]], Any
     return backend, step, quickstart_rows(-(-args.prompts // 2)), sampling
 
 
-def run_mode(mode: str, backend: Any, step: Any, rows: list[dict[str, Any]], sampling: Any, work: Path) -> Figures:
+def run_executor(name: str, step: Any, ctx: Any, rows: list[dict[str, Any]], shard_rows: int, work: Path) -> Figures:
+    """The generate step through the local executor's shard loop (synth/executors/pipeline.py
+    `run_step`: shards of `shard_rows` rows in, shard outputs, drops and markers written), as
+    `synth generate` runs it; `exec-pershard` drains the engine at every shard boundary."""
+    from synth.executors import pipeline
+    from synth.executors.local import LocalExecutor
+    from synth.executors.shards import ShardSet, read_rows
+
+    folder = work / f"exec-{time.time_ns()}"
+    shards = ShardSet(folder / "source")
+    counts = [shards.write(i, rows[s : s + shard_rows]) for i, s in enumerate(range(0, len(rows), shard_rows))]
+    stage = pipeline.Stage([shards.path(i) for i in range(len(counts))], counts, add_source_id=True)
+    executor = LocalExecutor(across_shards=name == "exec")
+    started = time.perf_counter()
+    out = pipeline.run_step(step, ctx, stage, folder / "step", executor, lambda *a: None, 1.0, shard_rows)
+    seconds = time.perf_counter() - started
+    texts = [r["query"] for p in out.stage.paths for r in read_rows(p)]
+    texts += [f"<dropped {d}>" for d in read_rows(out.drops)] if out.drops.is_file() else []
+    return Figures(seconds, out.usage.requests, out.usage.completion_tokens, texts)
+
+
+def run_mode(
+    mode: str, backend: Any, step: Any, rows: list[dict[str, Any]], sampling: Any, work: Path, shard_rows: int = 0
+) -> Figures:
     from synth.cache import RequestCache
     from synth.llm import CachedLLM
     from synth.progress import SilentProgress
@@ -163,7 +221,9 @@ def run_mode(mode: str, backend: Any, step: Any, rows: list[dict[str, Any]], sam
     from synth.steps.base import StepContext
 
     name, _, window = mode.partition("@")
-    spec = backend.spec.model_copy(update={"batch_size": int(window)} if window else {})
+    default = getattr(backend, "default_window", backend.spec.batch_size)
+    backend.default_window = default  # a mode without @window runs on synth's own window, whatever ran before
+    spec = backend.spec.model_copy(update={"batch_size": int(window) if window else default})
     backend.spec = spec
     prompts = PromptLibrary(REPO / "recipes")
     cache = RequestCache(work / f"cache-{time.time_ns()}.sqlite") if name == "synth-cache" else None
@@ -182,15 +242,21 @@ def run_mode(mode: str, backend: Any, step: Any, rows: list[dict[str, Any]], sam
         seconds = time.perf_counter() - started
         tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
         return Figures(seconds, len(outputs), tokens, [o.outputs[0].text for o in outputs])
+    if name in ("exec", "exec-pershard"):
+        with Occupancy(backend.llm.llm_engine, min(spec.batch_size, len(rows) * 2)) as occupancy:
+            figures = run_executor(name, step, ctx, rows, shard_rows, work)
+        figures.underfull = occupancy.underfull
+        return figures
     if name not in ("synth", "synth-cache", "head"):
         raise SystemExit(f"unknown mode {mode!r}")
-    started = time.perf_counter()
-    result = step(rows, ctx)
-    seconds = time.perf_counter() - started
+    with Occupancy(backend.llm.llm_engine, min(spec.batch_size, len(rows) * 2)) as occupancy:
+        started = time.perf_counter()
+        result = step(rows, ctx)
+        seconds = time.perf_counter() - started
     if cache is not None:
         cache.close()
     texts = [r["query"] for r in result.rows] + [f"<dropped {d}>" for d in result.dropped]
-    return Figures(seconds, result.usage.requests, result.usage.completion_tokens, texts)
+    return Figures(seconds, result.usage.requests, result.usage.completion_tokens, texts, occupancy.underfull)
 
 
 def run_here(args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
@@ -203,12 +269,15 @@ def run_here(args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
         for r in range(args.rounds):
             order = modes if r % 2 == 0 else modes[::-1]  # interleaved, alternating order
             for mode in order:
-                f = run_mode(mode, backend, step, rows, sampling, Path(work))
-                figures[mode].append({"s": f.seconds, "req": f.requests, "tok": f.completion_tokens})
+                f = run_mode(mode, backend, step, rows, sampling, Path(work), args.shard_rows)
+                figures[mode].append(
+                    {"s": f.seconds, "req": f.requests, "tok": f.completion_tokens, "underfull": f.underfull}
+                )
                 texts.setdefault(mode, f.texts)
                 print(
                     f"round {r + 1} {mode:>14}: {f.requests} req {f.completion_tokens} tok in {f.seconds:6.1f} s"
-                    f" = {f.tokens_per_s:6.1f} tok/s {f.requests_per_s:5.2f} req/s",
+                    f" = {f.tokens_per_s:6.1f} tok/s {f.requests_per_s:5.2f} req/s;"
+                    f" engine under-fed {f.underfull:5.1f} s; load {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
     reference = texts[modes[0]]
@@ -220,12 +289,17 @@ def run_here(args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
 
 
 def summarise(figures: dict[str, list[dict[str, float]]], baseline: str, label: str = "mode") -> None:
-    print(f"\n{label:>30} {'tok/s':>8} {'req/s':>7} {'ratio':>6}   (medians over rounds; baseline {baseline})")
+    print(
+        f"\n{label:>30} {'tok/s':>8} {'req/s':>7} {'ratio':>6} {'s':>7} {'underfed s':>10}"
+        f"   (medians over rounds; baseline {baseline})"
+    )
     base = statistics.median(x["tok"] / x["s"] for x in figures[baseline])
     for name, rounds in figures.items():
         tok = statistics.median(x["tok"] / x["s"] for x in rounds)
         req = statistics.median(x["req"] / x["s"] for x in rounds)
-        print(f"{name:>30} {tok:8.1f} {req:7.2f} {tok / base:6.3f}")
+        seconds = statistics.median(x["s"] for x in rounds)
+        underfull = statistics.median(x.get("underfull", 0.0) for x in rounds)
+        print(f"{name:>30} {tok:8.1f} {req:7.2f} {tok / base:6.3f} {seconds:7.1f} {underfull:10.1f}")
 
 
 def run_settings(args: argparse.Namespace) -> None:
@@ -245,6 +319,7 @@ def run_settings(args: argparse.Namespace) -> None:
             with tempfile.NamedTemporaryFile(suffix=".json") as out:
                 command = [sys.executable, __file__, "--child-json", out.name, "--prompts", str(args.prompts)]
                 command += ["--modes", args.modes, "--rounds", str(args.rounds), "--max-tokens", str(args.max_tokens)]
+                command += ["--shard-rows", str(args.shard_rows)]
                 print(f"cycle {cycle + 1} setting {name}: {assignments or '(synth defaults)'}", flush=True)
                 subprocess.run(command + kwargs, env=env, check=True)
                 for mode, rounds in json.loads(Path(out.name).read_text()).items():
@@ -258,6 +333,9 @@ def main() -> None:
         "--prompts", type=int, default=196, help="prompts per mode and round (a few thousand on request)"
     )
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument(
+        "--shard-rows", type=int, default=4096, help="exec modes: source rows per shard (synth's default 4096)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--modes", default="raw,synth,synth-cache")
     parser.add_argument(

@@ -21,6 +21,7 @@ from synth.backends import (
     LLMBackend,
     Messages,
     SamplingParams,
+    backend_class,
     backend_identity,
     make_backend,
 )
@@ -123,6 +124,13 @@ class CachedLLM:
                 advance(1)
         return self._backend
 
+    @property
+    def streams(self) -> bool:
+        """Whether the backend takes one lazy stream and reports each reply as it finishes (vLLM), so
+        one `stream` call may span several shards without a drain; known without building it."""
+        kind = type(self._backend) if self._backend is not None else backend_class(self.spec.backend)
+        return callable(getattr(kind, "stream", None))
+
     def complete(
         self,
         conversations: Sequence[Messages],
@@ -137,7 +145,7 @@ class CachedLLM:
         self,
         conversations: Iterable[Messages],
         params: SamplingParams,
-        usage: Usage,
+        usage: Usage | Callable[[int], Usage],
         advance: Callable[[float], None] | None = None,
     ) -> Iterator[Completion]:
         """One Completion per conversation, in input order, each as soon as it and those before it are ready.
@@ -147,20 +155,26 @@ class CachedLLM:
         requests in flight (vLLM) is never drained between chunks. Each fresh reply is committed
         the moment the backend reports it, so a run killed mid-step pays for none of them again.
         Failed replies and replies without text are never stored. The backend is built only when
-        some conversation is not cached.
+        some conversation is not cached. `usage` may be a function of a conversation's position in
+        `conversations`, so one stream over several shards counts each shard's cost on its own.
         """
         step = advance or (lambda n: None)
-        order: deque[list[Any]] = deque()  # [cache key, Completion or None], oldest first
+        charge = usage if callable(usage) else (lambda position: usage)
+        order: deque[list[Any]] = deque()  # [cache key, Completion or None, position], oldest first
         sent: dict[int, list[Any]] = {}  # position in the stream to the backend -> its entry
 
         def uncached() -> Iterator[tuple[list[Any], Messages]]:
             source = iter(conversations)
+            read = 0
             while chunk := list(itertools.islice(source, CHUNK)):
                 keys = [request_key(self.kind, self.model_id, c, params) for c in chunk]
                 cached = self.cache.get_many(keys) if self.cache is not None else {}
-                entries = [[k, cached.get(k)] for k in keys]
+                entries = [[k, cached.get(k), read + i] for i, k in enumerate(keys)]
+                read += len(chunk)
                 order.extend(entries)
-                usage.cache_hits += len(chunk) - sum(e[1] is None for e in entries)
+                for entry in entries:
+                    if entry[1] is not None:
+                        charge(entry[2]).cache_hits += 1
                 step(len(chunk) - sum(e[1] is None for e in entries))
                 yield from ((e, c) for e, c in zip(entries, chunk, strict=True) if e[1] is None)
 
@@ -174,7 +188,7 @@ class CachedLLM:
             if self.cache is not None and completion.error is None:
                 self.cache.put(entry[0], completion, self.model_id)
                 crash_point("reply")
-            usage.count(completion)
+            charge(entry[2]).count(completion)
             step(1)
             count_tokens(step, completion.completion_tokens)
             entry[1] = completion

@@ -17,8 +17,10 @@ import pytest
 from synth.backends import Completion, Messages, SamplingParams
 from synth.backends.cpu_cores import BIND, RESERVED, bound_engine_env, claim_cores, engine_env
 from synth.cache import RequestCache
+from synth.executors.shards import read_rows
 from synth.llm import CachedLLM, Usage
 from synth.specs import LLMSpec
+from tests.conftest import REPO
 
 PARAMS = SamplingParams(max_tokens=12, temperature=0.7, seed=5)
 
@@ -100,8 +102,10 @@ class ReversedStream:
         self.inner = inner
         self.model_id = inner.model_id  # type: ignore[attr-defined]
         self.read = 0
+        self.streams = 0
 
     def stream(self, conversations: Iterable[Messages], params: SamplingParams) -> Iterator[tuple[int, Completion]]:
+        self.streams += 1
         window: list[tuple[int, Messages]] = []
         for i, conversation in enumerate(conversations):
             self.read += 1
@@ -154,6 +158,89 @@ def test_a_fully_cached_stream_never_builds_the_backend(dry_backend: object, tmp
     cold = CachedLLM("default", spec, cache)  # would build a dry-run backend on first miss
     replies = list(cold.stream(conversations, PARAMS, Usage()))
     assert len(replies) == 5 and cold._backend is None
+
+
+def _shards(tmp_path: Path, sizes: list[int]) -> list[tuple[int, Path]]:
+    """Shard files of the quickstart corpus's rows, `sizes` rows each (0: an empty shard)."""
+    import json
+
+    from synth.executors.shards import ShardSet
+
+    docs = [json.loads(x) for x in (REPO / "recipes" / "data" / "python_stdlib.jsonl").read_text().splitlines()]
+    shards, start = ShardSet(tmp_path / "source"), 0
+    for i, size in enumerate(sizes):
+        shards.write(i, [dict(d, source_id=d["id"]) for d in docs[start : start + size]])
+        start += size
+    return [(i, shards.path(i)) for i in range(len(sizes))]
+
+
+def test_the_executor_streams_across_shards_with_each_shards_own_result(dry_backend: object, tmp_path: Path) -> None:
+    """The local executor gives a generate step every shard as one request stream: the backend
+    reads the next shard's prompts before the current shard's result is handed back (no drain
+    at the boundary), and each shard's rows, drops and usage (cache hits included) are exactly
+    what one call per shard gives (what the shard's marker records)."""
+    from synth.executors.local import LocalExecutor
+    from synth.prompts import PromptLibrary
+    from synth.recipe import load_recipe
+    from synth.steps.base import StepContext
+    from synth.steps.generate import GenerateStep
+
+    recipe, _ = load_recipe(REPO / "recipes" / "quickstart.yaml")
+    step = GenerateStep(recipe.steps[0].spec)  # 2 prompts a row (question, keywords)
+    todo = _shards(tmp_path, [3, 4, 0, 3, 2])  # an empty shard too (a filter may empty one)
+    cache = RequestCache(tmp_path / "requests.sqlite")
+    spec = LLMSpec(backend="dry-run")
+    runs: dict[bool, list[tuple[int, object, int]]] = {}
+    for across in (False, True):
+        if across:  # 2 of shard 3's prompts answered by the cache
+            warm = CachedLLM("default", spec, cache, backend=dry_backend)  # type: ignore[arg-type]
+            ctx = StepContext(PromptLibrary(REPO / "recipes"), [], lambda n=None, m=warm: m, lambda n=None: None)  # type: ignore[arg-type,return-value]
+            step(read_rows(todo[3][1])[:1], ctx)
+        streaming = ReversedStream(dry_backend)
+        llm = CachedLLM("default", spec, cache if across else None, backend=streaming)  # type: ignore[arg-type]
+        ctx = StepContext(PromptLibrary(REPO / "recipes"), [], lambda n=None, m=llm: m, lambda n=None: None)  # type: ignore[arg-type,return-value]
+        runs[across] = [
+            (i, result, streaming.read) for i, result in LocalExecutor(across).map_batches(step, ctx, todo, list)
+        ]
+        assert streaming.streams == (1 if across else 4), (
+            "one stream for all shards (per shard: the empty one has none)"
+        )
+    assert [r for _, _, r in runs[False]] == [6, 14, 14, 20, 24], "one call per shard: its own prompts, drained"
+    # One stream (shard 3's 2 cached prompts never reach the backend): shards end at backend prompt
+    # 6, 14, 14, 18, 22, and each result is handed back only after prompts of the next shard were
+    # read into the same window of 4 (0-3, 4-7, ...), as vLLM queues them while the shard's tail runs.
+    assert [r for _, _, r in runs[True]] == [8, 16, 16, 20, 22], "the next shard was queued first"
+    for (i, one, _), (j, many, _) in zip(runs[False], runs[True], strict=True):
+        assert i == j and one.rows == many.rows and one.dropped == many.dropped  # type: ignore[attr-defined]
+        hits = 2 if i == 3 else 0
+        assert many.usage.cache_hits == hits  # type: ignore[attr-defined]
+        assert many.usage.requests == one.usage.requests - hits  # type: ignore[attr-defined]
+    assert [len(r.rows) for _, r, _ in runs[True]] == [6, 8, 0, 6, 4]  # type: ignore[attr-defined]
+
+
+def test_a_vllm_run_over_small_shards_gives_the_rows_of_one_shard(
+    vllm_backend: object, embedder: object, tmp_path: Path
+) -> None:
+    """The real engine, shards of 2 documents: one request stream across 3 shards gives exactly the
+    rows and report that one shard gives (per-request seeds; each shard's usage on its own)."""
+    from datasets import load_from_disk
+
+    from synth.recipe import load_recipe
+    from synth.runner import run_recipe
+
+    recipe, folder = load_recipe(REPO / "recipes" / "quickstart.yaml")
+    runs = {}
+    for batch in (4096, 2):
+        out = tmp_path / f"out-{batch}"
+        result = run_recipe(
+            recipe, folder, limit=6, output_dir=out, llm=vllm_backend, embedder=embedder, use_cache=False,
+            batch_rows=batch,
+        )  # type: ignore[arg-type]  # fmt: skip
+        report = [(r.name, r.rows_in, r.rows_out, r.requests, r.dropped) for r in result.reports]
+        runs[batch] = (load_from_disk(str(out / "details")).to_list(), report)
+    assert runs[2] == runs[4096]
+    queries = next(r for r in runs[2][1] if r[0] == "queries")
+    assert queries[3] == 12 and len(runs[2][0]) > 0  # 6 documents x 2 styles, each sent once
 
 
 def test_two_claims_never_share_a_core_and_a_release_frees_them(

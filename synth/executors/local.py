@@ -19,13 +19,27 @@ Prepare = Callable[[list[Row]], list[Row]]
 class LocalExecutor:
     name = "local"
 
+    def __init__(self, across_shards: bool = True) -> None:
+        # A step that can (`stream_batches`: generate) gets every shard as one request stream, so the
+        # engine is not drained at each shard boundary; False: one call per shard (a benchmark's "before").
+        self.across_shards = across_shards
+
     def start(self, pool: object) -> None:
         pass
 
     def map_batches(
         self, step: Step, ctx: StepContext, todo: Sequence[tuple[int, Path]], prepare: Prepare
     ) -> Iterator[tuple[int, StepResult]]:
-        """(shard index, the step's result on that shard's rows) for each shard to do, in order."""
+        """(shard index, the step's result on that shard's rows) for each shard to do, in order.
+
+        Shards are read lazily: with a cross-shard stream the next shard is read (and its first
+        requests queued) while the current one's last replies finish. A shard's rows are held
+        until its last reply is in; the read-ahead is the request stream's own (one chunk of cache
+        look-ups plus the in-flight window), so with shards of more prompts than that, two at most."""
+        stream = getattr(step, "stream_batches", None)
+        if self.across_shards and stream is not None:
+            yield from stream(((index, prepare(read_rows(path))) for index, path in todo), ctx)
+            return
         for index, path in todo:
             yield index, step(prepare(read_rows(path)), ctx)
 

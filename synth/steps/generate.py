@@ -10,16 +10,20 @@ one value per key for each prompt (E5-style knobs), deterministic per row.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import random
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from synth.backends import PROMPT_TOO_LONG, Completion, Messages, SamplingParams, finish_reason
+from synth.llm import Usage
 from synth.parsers import ParseError, parse_reply
+from synth.progress import Advance, Ticker, count_tokens
 from synth.prompts import PromptLibrary
 from synth.steps.base import Row, Step, StepContext, StepResult, drop, stable_hash
 
@@ -202,11 +206,24 @@ class GenerateStep(Step):
     def __call__(self, rows: Sequence[Row], ctx: StepContext) -> StepResult:
         """Stream the rows' prompts through the LLM as one stream: memory stays flat in the input
         size, and the engine gets new prompts as old ones finish (no per-chunk drain)."""
-        result = StepResult(rows=[])
-        total = len(rows) * len(combinations(self.spec.each))
-        if total == 0:
-            return result
+        return [result for _, result in self.stream_batches([(0, rows)], ctx, across=True)][0]
+
+    def stream_batches(
+        self, batches: Iterable[tuple[int, Sequence[Row]]], ctx: StepContext, across: bool | None = None
+    ) -> Iterator[tuple[int, StepResult]]:
+        """(index, this step's result on those rows) for each (index, rows) batch, in order: one LLM
+        stream across every batch, so the engine is still fed while a shard's last replies finish and
+        while the executor writes it (a result is yielded as soon as its batch's last reply is in).
+
+        Each batch's result is exactly what `self(rows)` gives, usage included. `across` (default:
+        when the LLM's backend streams) False: one stream per batch, as a backend that answers a
+        whole chunk per call would otherwise report no batch until that chunk is done.
+        """
         llm = ctx.llm(self.spec.llm)
+        if not (llm.streams if across is None else across):
+            for index, rows in batches:
+                yield from self.stream_batches([(index, rows)], ctx, across=True)
+            return
         params = self.params(ctx)
         provenance = {
             f"{self.name}_template": ctx.prompts.fingerprint(self.spec.template),
@@ -214,18 +231,47 @@ class GenerateStep(Step):
             f"{self.name}_sampling": stable_hash(params.__dict__),
             f"{self.name}_parse": "ok",
         }
-        waiting: deque[tuple[Row, dict[str, Any]]] = deque()  # rendered, reply not yet collected
+        combos = len(combinations(self.spec.each))
+        # Rendered, reply not yet collected: (its batch's result, [replies due, all read] of the batch, row, combo).
+        waiting: deque[tuple[StepResult, list[int], Row, dict[str, Any]]] = deque()
+        opened: deque[tuple[int, StepResult, list[int]]] = deque()  # batches not yet yielded, in order
+        starts: list[int] = []  # stream position of each opened batch's first prompt
+        owners: list[StepResult] = []
+        bar: list[Advance] = []  # the progress bar, opened with the first rows (a shard may be empty)
+        stack = ExitStack()
 
         def prompts() -> Iterator[Messages]:
-            for row, combo, messages in self._jobs(rows, ctx):
-                waiting.append((row, combo))
-                yield messages
+            position = 0
+            for index, rows in batches:
+                result, due = StepResult(rows=[]), [0, 0]
+                opened.append((index, result, due))
+                starts.append(position)
+                owners.append(result)
+                if rows and not bar:
+                    bar.append(stack.enter_context(ctx.progress.task(f"{self.name}: generating", len(rows) * combos)))
+                for row, combo, messages in self._jobs(rows, ctx):
+                    waiting.append((result, due, row, combo))
+                    due[0] += 1
+                    position += 1
+                    yield messages
+                due[1] = 1  # every prompt of the batch is read
 
-        with ctx.progress.task(f"{self.name}: generating", total) as advance:
-            for completion in llm.stream(prompts(), params, result.usage, advance):
-                row, combo = waiting.popleft()
+        def finished() -> Iterator[tuple[int, StepResult]]:
+            while opened and opened[0][2] == [0, 1]:
+                index, result, _ = opened.popleft()
+                yield index, result
+
+        def usage_of(position: int) -> Usage:
+            return owners[bisect.bisect_right(starts, position) - 1].usage
+
+        ticker = Ticker(lambda n: bar[0](n) if bar else None, lambda n: count_tokens(bar[0], n) if bar else None)
+        with stack:
+            for completion in llm.stream(prompts(), params, usage_of, ticker):
+                result, due, row, combo = waiting.popleft()
                 self._collect(row, combo, completion, provenance, result)
-        return result
+                due[0] -= 1
+                yield from finished()
+            yield from finished()
 
     def _collect(
         self, row: Row, combo: dict[str, Any], completion: Completion, provenance: dict[str, str], result: StepResult
