@@ -15,12 +15,15 @@ Variants:
 - `runner`: the same recipe without the round-trip rule and with `search: faiss` for mining
   (every remaining step is linear in time; mining still holds every query in memory);
 - `stream`: generate + the filter's per-shard rules (length, copy, dedup per source), no
-  corpus-aware step: what the streaming runner itself costs.
+  corpus-aware step: what the streaming runner itself costs;
+- `mine`: `stream`, then the recipe's mine_negatives step as shipped (exact search): what mining
+  adds, without the round-trip rule's second full search.
 
 Baseline: the committed code (`git archive HEAD` into --baseline-dir), on the sizes it survives.
 
   python benchmarks/scale.py --sizes 10000 100000 --variant full --code new head
   python benchmarks/scale.py --sizes 10000 100000 1000000 --variant runner --code new
+  python benchmarks/scale.py --sizes 10000 100000 --variant mine --code head new
 """
 
 from __future__ import annotations
@@ -52,7 +55,14 @@ STREAM_ONLY = [  # generate + the filter's per-shard rules, no corpus-aware step
     " {filter: {name: quality, rules: [{rule: length, column: query, min_chars: 8, max_chars: 200},"
     " {rule: copy, column: query, source_column: text}, {rule: dedup, column: query, scope: source}]}}]",
 ]
-VARIANTS = {"full": [], "runner": RUNNER_ONLY, "stream": STREAM_ONLY}
+MINE_ONLY = [  # the `stream` steps, then the recipe's mine_negatives step as shipped (exact search)
+    "steps=[{generate: {name: queries, template: query.j2, each: {style: [question, keywords]}, output: query}},"
+    " {filter: {name: quality, rules: [{rule: length, column: query, min_chars: 8, max_chars: 200},"
+    " {rule: copy, column: query, source_column: text}, {rule: dedup, column: query, scope: source}]}},"
+    " {mine_negatives: {name: negatives, query_column: query, positive_column: text, num_negatives: 1,"
+    " range_min: 3, range_max: 30, relative_margin: 0.05}}]",
+]
+VARIANTS = {"full": [], "runner": RUNNER_ONLY, "stream": STREAM_ONLY, "mine": MINE_ONLY}
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
 

@@ -3,9 +3,9 @@
 Rows never sit in one list. The source is read into numbered shards of `batch_rows` rows in a
 work folder next to the output (`.<name>.synth-work/`). A row-wise step (or a filter's row-local
 head, synth/executors/plan.py) maps shard i to its own output shard i, through the executor
-(this process, or a Ray cluster); a step that needs every row (dedup, round-trip, mining) gets
-them read back from the shards (equal long strings shared, as in memory before) and its result
-goes back to shards. The output is written from the last step's shards (synth/export.py).
+(this process, or a Ray cluster); a step that needs every row (dedup, round-trip) gets them read
+back from the shards (equal long strings shared, as in memory before) and its result goes back to
+shards; one that can read them in passes (mining: `stream`) does so and streams its result. The output is written from the last step's shards (synth/export.py).
 
 Markers, datatrove-style: each folder is named by a hash chaining the source (file, limit, models)
 and the fingerprints of every step up to it, so an edited step redoes itself and what follows.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import itertools
 import shutil
 import time
@@ -72,6 +73,16 @@ class Stage:
             share_strings(rows, strings)
             out.extend(rows)
         return out
+
+    def batches(self, columns: Sequence[str] | None = None) -> Iterator[list[Row]]:
+        """The rows of `rows`, one shard at a time (for a step that reads its input in passes)."""
+        start = 0
+        for path in self.paths:
+            rows = self.prepare(read_rows(path))
+            if columns is not None:
+                rows = [{**{k: r[k] for k in columns if k in r}, JOIN: start + i} for i, r in enumerate(rows)]
+            start += len(rows)
+            yield rows
 
     @property
     def total(self) -> int:
@@ -233,13 +244,18 @@ def run_step(
         pieces += piece_drops
     if tail is not None:
         columns = reads(tail)
-        result = tail(stage.rows(columns), ctx)
+        # A step that can read its input in passes (mining) streams its rows and writes its own drops.
+        streamed = getattr(tail, "stream", None)
+        batches = functools.partial(stage.batches, columns)
+        result = streamed(batches, ctx, folder / "drops-tail.jsonl") if streamed else None
+        if result is None:
+            result = tail(stage.rows(columns), ctx)
+            write_rows(folder / "drops-tail.jsonl", result.dropped)
+        rows = _joined(stage, result.rows) if columns is not None else iter(result.rows)
+        stage = _write_grouped(rows, ShardSet(folder / "rows"), batch_rows)
         usage.add(result.usage)
         stats = result.stats
         failures += [d for d in result.dropped[:1000] if d.get("detail")][:1]
-        rows = _joined(stage, result.rows) if columns is not None else iter(result.rows)
-        stage = _write_grouped(rows, ShardSet(folder / "rows"), batch_rows)
-        write_rows(folder / "drops-tail.jsonl", result.dropped)
         pieces.append(folder / "drops-tail.jsonl")
         del result
     check(step, StepResult(rows=[], dropped=failures[:1], usage=usage), max_share)
@@ -351,7 +367,7 @@ def _ordered_drops(step: Step, pieces: Sequence[Path], target: Path) -> dict[str
     def records() -> Any:
         for position in positions:
             for piece in pieces:
-                for record in read_rows(piece) if piece.is_file() else []:
+                for record in JsonlView(piece):  # one record at a time: a step may drop most rows
                     if drop_position(order, record) == position:
                         counts[str(record["reason"])] += 1
                         yield record

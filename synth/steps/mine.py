@@ -8,9 +8,11 @@ drop records, and keeps the result so `write_extras` can write the extra formats
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from synth.backends import Messages
 from synth.mining.engine import group_pairs, run_mining
@@ -18,6 +20,7 @@ from synth.mining.formats import FormatOptions, write_formats
 from synth.mining.rescore import CrossEncoderRescorer, LLMJudgeRescorer, Rescorer
 from synth.mining.result import MinedQuery, MiningResult
 from synth.mining.spec import CorpusSpec, MineSpec
+from synth.mining.stream import Batches, StreamedMining
 from synth.progress import Advance, Progress
 from synth.prompts import PromptLibrary
 from synth.sources import load_documents
@@ -64,6 +67,80 @@ class MineNegativesStep(Step):
         assert corpus.path is not None
         docs, _ = load_documents(corpus.path, corpus.format, corpus.text_column, corpus.id_column)
         return docs
+
+    def streams(self) -> bool:
+        """Whether this step can read its rows a batch at a time (synth/mining/stream.py): the plain
+        case, embedder scores and exact search. Judges, guards, extra formats, faiss and a corpus
+        made of a column's texts need every row at once (`__call__`)."""
+        spec = self.spec
+        column_corpus = spec.corpus != "source" and getattr(spec.corpus, "column", None) is not None
+        guarded = spec.near_duplicate_ratio is not None or spec.near_duplicate_cosine is not None
+        return not (spec.scorers or spec.formats or guarded or column_corpus or spec.search != "exact")
+
+    def stream(self, batches: Batches, ctx: StepContext, drops: Path) -> StepResult | None:
+        """The step over rows it reads from its input a pass at a time (`batches()` starts one), in
+        bounded memory; None when it cannot (see `streams`). The result's `rows` is an iterator
+        (the output rows, in input order) that writes the drop records to `drops` as it goes.
+        """
+        if not self.streams():
+            return None
+        spec = self.spec
+        drops.parent.mkdir(parents=True, exist_ok=True)
+        first = next((b[0] for b in batches() if b), None)
+        if first is None:
+            drops.write_text("", encoding="utf-8")
+            return StepResult(rows=[])
+        if missing := self.missing_columns(first, [spec.query_column, spec.positive_column]):
+            raise ValueError(missing[0])
+        mining = StreamedMining(
+            spec,
+            ctx.embedder(spec.embedder),
+            query_column=spec.query_column,
+            positive_column=spec.positive_column,
+            positive_id_column=spec.positive_id_column,
+            progress=_Named(ctx.progress, self.name),
+        )
+        try:
+            if spec.corpus == "source":
+                docs: Iterable[Row] = ctx.documents
+            else:
+                assert isinstance(spec.corpus, CorpusSpec) and spec.corpus.path is not None
+                c = spec.corpus
+                docs, _ = load_documents(c.path, c.format, c.text_column, c.id_column)
+            plan = mining.plan_rows(batches, mining.add_documents(docs))
+            del docs
+            mined = mining.run(batches)
+        except BaseException:
+            mining.close()
+            raise
+        stats: dict[str, Any] = {"corpus_size": len(mining.store), "queries": plan.groups, "removed": mined.totals()}
+        if spec.false_negative_bound is not None:  # as run_mining reports it; nothing is promoted without a judge
+            found = int(mined.removed[:, mined.removed_keys.index("false_negative")].sum())
+            fn = {"mode": spec.false_negatives, "margin": spec.false_negative_bound, "found": found}
+            stats["false_negatives"] = {**fn, "promoted": 0, "queries_with_promoted": 0, "promoted_rows": 0}
+        return StepResult(rows=self._streamed_rows(mining, batches, drops), stats=stats)  # type: ignore[arg-type]
+
+    def _streamed_rows(self, mining: StreamedMining, batches: Batches, drops: Path) -> Iterator[Row]:
+        """`mining`'s output rows; a row short of negatives becomes a drop record in `drops`, as `__call__` words it."""
+        spec, need = self.spec, self.spec.min_negatives or self.spec.num_negatives
+        try:
+            with drops.open("w", encoding="utf-8") as f:
+
+                def dropped(row: Row, found: int, positive_score: float, removed: dict[str, int]) -> None:
+                    record = drop(
+                        self.name,
+                        "too_few_negatives",
+                        row,
+                        detail=f"{found} of {need} needed survived the filters",
+                        query=row[spec.query_column],
+                        positive_score=positive_score,
+                        removed=removed,
+                    )
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+                yield from mining.rows(batches, need, dropped)
+        finally:
+            mining.close()
 
     def _judge_messages(self, prompts: PromptLibrary, query: str, text: str) -> Messages:
         return prompts.render(self.spec.judge_template, {"query": query, "text": text})  # type: ignore[return-value]
