@@ -62,6 +62,14 @@ class Figures:
     texts: list[str]
     underfull: float = 0.0  # seconds with fewer requests in the engine than the window (drain, tail)
 
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.seconds
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.seconds
+
 
 class Occupancy:
     """Samples the engine's unfinished requests every 20 ms in a thread: the seconds it ran with
@@ -90,14 +98,6 @@ class Occupancy:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join()
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.completion_tokens / self.seconds
-
-    @property
-    def requests_per_s(self) -> float:
-        return self.requests / self.seconds
 
 
 class HeadLoopBackend:
