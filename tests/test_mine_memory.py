@@ -60,6 +60,7 @@ def _ctx(docs: list[dict[str, object]]) -> StepContext:
         {"num_negatives": 2, "range_min": 1, "range_max": 12, "relative_margin": 0.05},
         {"num_negatives": 3, "sampling": "random", "seed": 4, "false_negative_margin": 0.02, "min_negatives": 1},
         {"num_negatives": 1, "range_max": 5, "st_compatible": True, "absolute_margin": 0.01},
+        {"num_negatives": 2, "range_max": 8, "relative_margin": 0.05, "search": "faiss", "nprobe": 2},
     ],
 )
 def test_streamed_mining_equals_the_in_memory_step(tmp_path: Path, mine: dict[str, object]) -> None:
@@ -100,7 +101,7 @@ def test_streamed_mining_equals_the_in_memory_step(tmp_path: Path, mine: dict[st
 def test_a_judge_or_formats_keep_the_in_memory_path() -> None:
     assert not MineNegativesStep(MineSpec(name="n", formats=["triplet"])).streams()
     assert not MineNegativesStep(MineSpec(name="n", rescore="cross_encoder", cross_encoder="x")).streams()
-    assert not MineNegativesStep(MineSpec(name="n", search="faiss")).streams()
+    assert MineNegativesStep(MineSpec(name="n", search="faiss")).streams()
     assert MineNegativesStep(MineSpec(name="n")).streams()
 
 

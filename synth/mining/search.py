@@ -306,33 +306,46 @@ def faiss_top_k(
     (score desc, index asc), so margins mean the same as in exact search. Needs `faiss-cpu`
     (`pip install synth[faiss]`).
     """
-    try:
-        import faiss
-    except ImportError as e:
-        raise ImportError("search='faiss' needs faiss-cpu: pip install 'synth[faiss]'") from e
-    n, m = len(queries), len(corpus)
-    dim = corpus.shape[1]
-    nlist = nlist or max(1, min(int(4 * np.sqrt(m)), m // 39 or 1))
-    quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    rng = np.random.default_rng(0)
-    sample = np.sort(rng.choice(m, size=min(m, max(nlist * 39, 1)), replace=False))
-    index.train(corpus.take(sample))
-    for _start, rows in iter_chunks(corpus, block):
-        index.add(np.ascontiguousarray(rows))
-    index.nprobe = min(nprobe, nlist)
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    # Extra candidates so the exact re-sort, not faiss' rounding or tie order, decides the cut at k.
-    _, cand = index.search(q, min(2 * k + 10, m))
-    out_idx = np.full((n, k), -1, dtype=np.int64)
-    out_scores = np.full((n, k), -np.inf, dtype=np.float32)
-    for qs in range(0, n, 1024):  # one gather per query chunk: bounded memory, few file reads
-        chunk = cand[qs : qs + 1024]
-        wanted = np.unique(chunk[chunk >= 0])
-        vecs = corpus.take(wanted) if len(wanted) else np.zeros((0, dim), np.float32)
-        for i in range(qs, qs + len(chunk)):
-            c = np.unique(cand[i][cand[i] >= 0])
-            exact = vecs[np.searchsorted(wanted, c)] @ q[i]
-            order = np.lexsort((c, -exact))[:k]
-            out_idx[i, : len(order)], out_scores[i, : len(order)] = c[order], exact[order]
-    return out_idx, out_scores
+    return FaissIndex(corpus, nprobe=nprobe, nlist=nlist, block=block).search(queries, k)
+
+
+class FaissIndex:
+    """`faiss_top_k`'s index, built once over the corpus file and searched a query batch at a time
+    (each query's answer is its own: batches give what one call gives)."""
+
+    def __init__(self, corpus: VectorFile, *, nprobe: int = 16, nlist: int | None = None, block: int = 65536) -> None:
+        try:
+            import faiss
+        except ImportError as e:
+            raise ImportError("search='faiss' needs faiss-cpu: pip install 'synth[faiss]'") from e
+        self.corpus = corpus
+        m, dim = len(corpus), corpus.shape[1]
+        nlist = nlist or max(1, min(int(4 * np.sqrt(m)), m // 39 or 1))
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        sample = np.sort(rng.choice(m, size=min(m, max(nlist * 39, 1)), replace=False))
+        index.train(corpus.take(sample))
+        for _start, rows in iter_chunks(corpus, block):
+            index.add(np.ascontiguousarray(rows))
+        index.nprobe = min(nprobe, nlist)
+        self.index, self.quantizer = index, quantizer  # the index refers to its quantizer: keep both
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        corpus = self.corpus
+        n, m, dim = len(queries), len(corpus), corpus.shape[1]
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        # Extra candidates so the exact re-sort, not faiss' rounding or tie order, decides the cut at k.
+        _, cand = self.index.search(q, min(2 * k + 10, m))
+        out_idx = np.full((n, k), -1, dtype=np.int64)
+        out_scores = np.full((n, k), -np.inf, dtype=np.float32)
+        for qs in range(0, n, 1024):  # one gather per query chunk: bounded memory, few file reads
+            chunk = cand[qs : qs + 1024]
+            wanted = np.unique(chunk[chunk >= 0])
+            vecs = corpus.take(wanted) if len(wanted) else np.zeros((0, dim), np.float32)
+            for i in range(qs, qs + len(chunk)):
+                c = np.unique(cand[i][cand[i] >= 0])
+                exact = vecs[np.searchsorted(wanted, c)] @ q[i]
+                order = np.lexsort((c, -exact))[:k]
+                out_idx[i, : len(order)], out_scores[i, : len(order)] = c[order], exact[order]
+        return out_idx, out_scores

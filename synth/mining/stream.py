@@ -3,7 +3,7 @@
 Why: `run_mining` takes every query and every corpus text as lists and returns one object per
 query (with a dict per window candidate); at 10^6 documents and 2x10^6 rows that is gigabytes
 before the output rows are even built. Here (the recipe step's plain case: embedder scores, exact
-search, no judge, guard or extra format; synth/steps/mine.py picks it) the documents go to disk
+or faiss search, no judge, guard or extra format; synth/steps/mine.py picks it) the documents go to disk
 once (texts and ids into a `DocStore`, vectors into a `.npy`), the step's input rows are read three
 times from its shards (group them; embed and mine the unique queries a batch at a time; build the
 output rows), and what stays in memory is a few numbers per row, per query and per document:
@@ -29,7 +29,7 @@ import numpy as np
 
 from synth.embedders import Embedder
 from synth.mining.engine import STREAM_LIMIT, _Docs, _embed_documents, _lowest, split_false_negatives
-from synth.mining.search import StreamingTopK, VectorFile, embed_to_file, iter_chunks
+from synth.mining.search import FaissIndex, StreamingTopK, VectorFile, embed_to_file, iter_chunks
 from synth.mining.select import finish, row_rng, windows
 from synth.mining.spec import MiningParams
 from synth.progress import Progress
@@ -293,6 +293,7 @@ class StreamedMining:
         )
         vectors: _Docs | None = None
         file: VectorFile | None = None
+        index: FaissIndex | None = None
         with self.progress.task("embedding queries + searching", n_groups) as advance:
             for g0, texts in self._queries(batches, size):
                 query_emb = self.embedder.embed(texts, role="query")
@@ -301,36 +302,44 @@ class StreamedMining:
                         f"embedder {self.embedder.model_id!r} returned shape {query_emb.shape} for {len(texts)} "
                         "queries; expected a 2-D array, one row per query"
                     )
-                if file is None:  # the first batch is searched while the corpus is embedded
+                if params.search == "faiss":  # the index is built once, over the whole corpus file
+                    if file is None:
+                        file, vectors = self._embed_corpus(query_emb.shape[1], None)
+                        index = FaissIndex(file, nprobe=params.nprobe)
+                    assert index is not None
+                    idx, scores = index.search(query_emb, k)
+                elif file is None:  # the first batch is searched while the corpus is embedded
                     search = StreamingTopK(query_emb, k)
                     file, vectors = self._embed_corpus(query_emb.shape[1], search)
+                    idx, scores = search.result()
                 else:  # later ones read the corpus vectors back, in the same blocks
                     search = StreamingTopK(query_emb, k, background=False)
                     for start, block in iter_chunks(file, CORPUS_BLOCK):
                         search.add(start, block)
-                idx, scores = search.result()
+                    idx, scores = search.result()
                 assert vectors is not None
                 self._select(g0, query_emb, idx, scores, vectors, max_positives, out)
                 advance(len(texts))
         self.mined = out
         return out
 
-    def _embed_corpus(self, dim: int, search: StreamingTopK) -> tuple[VectorFile, _Docs]:
-        """Every document's vector into a `.npy`, each block searched by the first query batch."""
+    def _embed_corpus(self, dim: int, search: StreamingTopK | None) -> tuple[VectorFile, _Docs]:
+        """Every document's vector into a `.npy`, each block searched by the first query batch (exact search)."""
         m = len(self.store)
         blocks = _StoreTexts(self.store)
         try:
-            with self.progress.task("embedding corpus + searching", m) as advance:
+            with self.progress.task("embedding corpus" + (" + searching" if search else ""), m) as advance:
                 file = embed_to_file(
                     _embed_documents(self.embedder, dim),
                     blocks,
                     Path(self.tmp.name) / "corpus.npy",
                     block=CORPUS_BLOCK,
                     progress=advance,
-                    on_block=search.add,
+                    on_block=search.add if search else None,
                 )
         except BaseException:
-            search.close(cancel=True)
+            if search is not None:
+                search.close(cancel=True)
             raise
         assert self.plan is not None
         extra_texts = self.plan.extra_texts

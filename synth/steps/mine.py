@@ -70,12 +70,12 @@ class MineNegativesStep(Step):
 
     def streams(self) -> bool:
         """Whether this step can read its rows a batch at a time (synth/mining/stream.py): the plain
-        case, embedder scores and exact search. Judges, guards, extra formats, faiss and a corpus
+        case, embedder scores (exact or faiss search). Judges, guards, extra formats and a corpus
         made of a column's texts need every row at once (`__call__`)."""
         spec = self.spec
         column_corpus = spec.corpus != "source" and getattr(spec.corpus, "column", None) is not None
         guarded = spec.near_duplicate_ratio is not None or spec.near_duplicate_cosine is not None
-        return not (spec.scorers or spec.formats or guarded or column_corpus or spec.search != "exact")
+        return not (spec.scorers or spec.formats or guarded or column_corpus)
 
     def stream(self, batches: Batches, ctx: StepContext, drops: Path) -> StepResult | None:
         """The step over rows it reads from its input a pass at a time (`batches()` starts one), in
