@@ -2,7 +2,8 @@
 
 Each arm builds synth's own engine (`VLLMBackend`, synth's CPU settings: fp32, eager, 1 GiB KV
 cache, every free core) in a child process, renders the same NFCorpus passages with its template,
-and generates once with the same sampling (temperature 0, 40 tokens, stop at a newline). Baseline:
+and generates once with the same sampling (temperature 0 unless --temperature, top_p 0.95 when
+sampling, 40 tokens, stop at a newline, engine seed 0). Baseline:
 `smollm2` on query.j2 (what synth ships). `smollm2-inpars` sends SmolLM2 the very prompts Gemma
 gets, so tokens/s compares the two models on identical text. Prints one JSON line per arm and a
 side-by-side table of the replies. Conversion time is measured separately (first resolve_model).
@@ -54,7 +55,7 @@ def passages(path: Path, n: int) -> list[dict]:
     return rows
 
 
-def run_arm(arm: str, corpus: Path, n: int) -> dict:
+def run_arm(arm: str, corpus: Path, n: int, temperature: float) -> dict:
     """One engine, one generate call; runs in its own process (one engine per process)."""
     from synth.backends import SamplingParams
     from synth.backends.vllm import VLLMBackend
@@ -70,7 +71,8 @@ def run_arm(arm: str, corpus: Path, n: int) -> dict:
     resolve_model(model)  # converted already: this is the cached-folder lookup
     backend = VLLMBackend(LLMSpec(model=model))
     load_s = time.perf_counter() - t0
-    params = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=40, stop=("\n",), seed=0)
+    top_p = 0.95 if temperature > 0 else 1.0
+    params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=40, stop=("\n",), seed=0)
     try:
         t1 = time.perf_counter()
         replies = backend.generate(conversations, params)
@@ -84,6 +86,7 @@ def run_arm(arm: str, corpus: Path, n: int) -> dict:
         "model": model,
         "template": template,
         "prompts": len(conversations),
+        "temperature": temperature,
         "load_s": round(load_s, 1),
         "generate_s": round(gen_s, 1),
         "prompt_tokens": prompt_tokens,
@@ -102,15 +105,17 @@ def main() -> None:
     ap.add_argument("corpus", type=Path)
     ap.add_argument("--passages", type=int, default=20)
     ap.add_argument("--arms", default="smollm2,smollm2-inpars,gemma3")
+    ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--out", type=Path, help="append each arm's result here; the table shows all arms in it")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(run_arm(args.child, args.corpus, args.passages)), flush=True)
+        print("RESULT " + json.dumps(run_arm(args.child, args.corpus, args.passages, args.temperature)), flush=True)
         return
     results = []
     for arm in args.arms.split(","):
-        cmd = [sys.executable, __file__, str(args.corpus), "--passages", str(args.passages), "--child", arm]
+        cmd = [sys.executable, __file__, str(args.corpus), "--passages", str(args.passages)]
+        cmd += ["--temperature", str(args.temperature), "--child", arm]
         out = subprocess.run(cmd, capture_output=True, text=True)
         lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
         if out.returncode or not lines:
@@ -129,7 +134,7 @@ def main() -> None:
         for i, doc_id in enumerate(results[0]["ids"]):
             print(f"{doc_id}")
             for r in results:
-                print(f"  {r['arm']:15} [{r['finish'][i]}] {r['replies'][i]}")
+                print(f"  {r['arm']:15} t={r.get('temperature', 0.0)} [{r['finish'][i]}] {r['replies'][i]}")
 
 
 if __name__ == "__main__":
