@@ -17,10 +17,9 @@ blake2b hash instead of by the text itself (a collision, odds ~n^2 / 2^65, would
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from synth.embedders import Embedder
+from synth.mining.docstore import DocStore, StoreTexts, text_hash
 from synth.mining.engine import STREAM_LIMIT, _Docs, _embed_documents, _lowest, split_false_negatives
 from synth.mining.search import FaissIndex, StreamingTopK, VectorFile, embed_to_file, iter_chunks
 from synth.mining.select import finish, row_rng, windows
@@ -38,57 +38,6 @@ Row = dict[str, Any]
 Batches = Callable[[], Iterator[list[Row]]]  # a fresh pass over the input rows, a batch at a time
 QUERY_BATCH = 16384  # unique queries embedded and searched at once (16 MiB of vectors at dim 256)
 CORPUS_BLOCK = 8192  # documents embedded at once (embed_to_file's block: the same search chunks)
-
-
-def text_hash(text: str) -> int:
-    """64 bits of blake2b: stable across processes (Python's `hash` is salted)."""
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
-
-
-class DocStore:
-    """Documents' texts and ids in two files, read back by index (8 bytes of offset a value in memory)."""
-
-    def __init__(self, folder: Path) -> None:
-        self._files = {kind: (Path(folder) / f"{kind}.bin").open("w+b") for kind in ("text", "id")}
-        self._offsets = {kind: array("q", [0]) for kind in self._files}
-        self._writing = True
-
-    def add(self, text: str, doc_id: str) -> None:
-        for kind, value in (("text", text), ("id", doc_id)):
-            data = value.encode("utf-8", "surrogatepass")
-            self._files[kind].write(data)
-            self._offsets[kind].append(self._offsets[kind][-1] + len(data))
-
-    def __len__(self) -> int:
-        return len(self._offsets["text"]) - 1
-
-    def _read(self, kind: str, start: int, stop: int) -> bytes:
-        f, offsets = self._files[kind], self._offsets[kind]
-        if self._writing:
-            f.flush()
-            self._writing = False
-        f.seek(offsets[start])
-        return f.read(offsets[stop] - offsets[start])
-
-    def text(self, j: int) -> str:
-        return self._read("text", j, j + 1).decode("utf-8", "surrogatepass")
-
-    def id(self, j: int) -> str:
-        return self._read("id", j, j + 1).decode("utf-8", "surrogatepass")
-
-    def texts(self, start: int, stop: int) -> list[str]:
-        """Documents [start, stop) in one read (the corpus is embedded block by block from here)."""
-        stop = min(stop, len(self))
-        data, offsets = self._read("text", start, stop), self._offsets["text"]
-        base = offsets[start]
-        return [
-            data[offsets[j] - base : offsets[j + 1] - base].decode("utf-8", "surrogatepass") for j in range(start, stop)
-        ]
-
-    def close(self) -> None:
-        for f in self._files.values():
-            f.close()
 
 
 def _lookup(keys: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -326,7 +275,7 @@ class StreamedMining:
     def _embed_corpus(self, dim: int, search: StreamingTopK | None) -> tuple[VectorFile, _Docs]:
         """Every document's vector into a `.npy`, each block searched by the first query batch (exact search)."""
         m = len(self.store)
-        blocks = _StoreTexts(self.store)
+        blocks = StoreTexts(self.store)
         try:
             with self.progress.task("embedding corpus" + (" + searching" if search else ""), m) as advance:
                 file = embed_to_file(
@@ -417,21 +366,3 @@ class StreamedMining:
                 new["positive_score"] = round(positive_score, 6)
                 yield new
             at += len(batch)
-
-
-class _StoreTexts(Sequence[str]):
-    """The store's texts as a sequence `embed_to_file` slices block by block (one read a block)."""
-
-    def __init__(self, store: DocStore) -> None:
-        self.store = store
-
-    def __len__(self) -> int:
-        return len(self.store)
-
-    def __getitem__(self, index: Any) -> Any:  # type: ignore[override]
-        if isinstance(index, slice):
-            start, stop, step = index.indices(len(self))
-            if step != 1:
-                raise ValueError("only contiguous slices")
-            return self.store.texts(start, stop)
-        return self.store.text(index)
