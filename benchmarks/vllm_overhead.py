@@ -28,6 +28,9 @@ per setting, each building its own engine; settings cycled `--cycles` times), e.
     flock /tmp/synth-engine.lock .venv/bin/python benchmarks/vllm_overhead.py --prompts 196
     flock /tmp/synth-engine.lock .venv/bin/python benchmarks/vllm_overhead.py --prompts 196 \\
         --modes raw,head@32,synth@32
+    flock /tmp/synth-engine.lock .venv/bin/python benchmarks/vllm_overhead.py --prompts 64 --shard-rows 8 \\
+        --modes raw,synth,synth-cache,exec-pershard@8,exec@8
+    .venv/bin/python benchmarks/vllm_overhead.py --frontend-gap     # a shard boundary's frontend work, no engine
     flock /tmp/synth-engine.lock .venv/bin/python benchmarks/vllm_overhead.py --prompts 98 --modes raw \\
         --settings "vllm-default:VLLM_CPU_NUM_OF_RESERVED_CPU=1,VLLM_CPU_OMP_THREADS_BIND=auto" "synth-default:"
 """
@@ -190,6 +193,58 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, list[dict[str, Any]], Any
     return backend, step, quickstart_rows(-(-args.prompts // 2)), sampling
 
 
+def frontend_gap(shard_rows: int, window: int = 512, repeats: int = 5) -> None:
+    """What the engine waited for at a shard boundary before the cross-shard stream, besides the
+    drain, timed without an engine: write the finished shard's rows (2 styles, generated columns),
+    read the next shard, render and key the first 1024 prompts (one cache chunk), and measure the
+    first `window` with the model's tokenizer and chat template (as `VLLMBackend.stream` does)."""
+    import itertools
+
+    from transformers import AutoTokenizer
+
+    from synth.backends import SamplingParams
+    from synth.cache import request_key
+    from synth.executors.shards import ShardSet, read_rows, write_json_atomic
+    from synth.models import resolve_model
+    from synth.prompts import PromptLibrary
+    from synth.recipe import load_recipe
+    from synth.steps.base import StepContext
+    from synth.steps.generate import GenerateStep
+
+    recipe, _ = load_recipe(REPO / "recipes" / "quickstart.yaml")
+    step = GenerateStep(recipe.steps[0].spec)
+    ctx = StepContext(PromptLibrary(REPO / "recipes"), [], None, None)  # type: ignore[arg-type]
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(recipe.llm.model))
+    rows = [dict(r, source_id=r["id"]) for r in quickstart_rows(shard_rows)]
+    generated = {"query": "a generated query of about ten words for this passage", "queries_sample": 0}
+    generated |= {f"queries_{k}": "x" * 16 for k in ("finish_reason", "template", "model", "sampling", "parse")}
+    done = [dict(r, style=style, **generated) for r in rows for style in ("question", "keywords")]
+    params = SamplingParams(max_tokens=48, temperature=0.7, seed=0)
+    parts: dict[str, list[float]] = {"write": [], "read": [], "render+keys": [], "tokenizer": [], "total": []}
+    with tempfile.TemporaryDirectory(prefix="vllm-overhead-gap-") as work:
+        source, out = ShardSet(Path(work) / "source"), ShardSet(Path(work) / "out")
+        source.write(0, rows)
+        for r in range(repeats):
+            t0 = time.perf_counter()
+            out.write(r, done)
+            write_json_atomic(Path(work) / f"{r}.json", {"rows": len(done)})
+            t1 = time.perf_counter()
+            following = read_rows(source.path(0))
+            t2 = time.perf_counter()
+            jobs = [m for _, _, m in itertools.islice(step._jobs(following, ctx), 1024)]
+            [request_key("vllm", "model", m, params) for m in jobs]
+            t3 = time.perf_counter()
+            texts = tokenizer.apply_chat_template(jobs[:window], tokenize=False, add_generation_prompt=True)
+            tokenizer(list(texts), add_special_tokens=False)
+            t4 = time.perf_counter()
+            for key, value in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0), strict=True):
+                parts[key].append(value)
+    medians = ", ".join(f"{k} {statistics.median(v):.3f} s" for k, v in parts.items())
+    print(
+        f"shard boundary frontend work ({shard_rows} rows, window {window}; load {os.getloadavg()[0]:.1f}): {medians}"
+    )
+
+
 def run_executor(name: str, step: Any, ctx: Any, rows: list[dict[str, Any]], shard_rows: int, work: Path) -> Figures:
     """The generate step through the local executor's shard loop (synth/executors/pipeline.py
     `run_step`: shards of `shard_rows` rows in, shard outputs, drops and markers written), as
@@ -344,8 +399,14 @@ def main() -> None:
     parser.add_argument("--settings", nargs="*", help="NAME:K=V,... (env vars, or engine.KEY=JSON): one engine each")
     parser.add_argument("--cycles", type=int, default=2)
     parser.add_argument("--child-json", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--frontend-gap", action="store_true", help="time the per-boundary frontend work at --shard-rows (no engine)"
+    )
     args = parser.parse_args()
     args.engine_kwargs = {k: json.loads(v) for k, _, v in (e.partition("=") for e in args.engine_kwarg)}
+    if args.frontend_gap:
+        frontend_gap(args.shard_rows)
+        return
     if args.settings:
         run_settings(args)
         return
