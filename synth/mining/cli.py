@@ -60,7 +60,7 @@ def mine_command(
     model: Annotated[str, Opt(help="Embedder: alias, local folder or hub id.")] = "all-minilm-l6-v2",
     embedder_backend: Annotated[
         str,
-        Opt(help="torch, onnx (same vectors, faster on CPU) or onnx-int8 (fastest; pip install 'synth[onnx]')."),
+        Opt(help="torch, onnx (same vectors, faster on CPU) or onnx-int8 (fastest; pip install 'synth\\[onnx]')."),
     ] = "torch",
     anchor_column: Annotated[str | None, Opt(help="Default: first column.")] = None,
     positive_column: Annotated[str | None, Opt(help="Default: second column.")] = None,
