@@ -162,7 +162,7 @@ def test_a_piped_run_prints_plain_progress_lines_and_writes_the_engine_log(tmp_p
     for expected in (
         "queries: generating: started (8 to do)",
         "loading LLM default: smollm2-135m-instruct: started",
-        "negatives: embedding queries: started (8 to do)",
+        "negatives: embedding queries + searching: started (8 to do)",
         "writing dataset: started",
     ):
         assert expected in lines

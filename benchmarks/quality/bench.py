@@ -107,7 +107,11 @@ def without_negatives(rows: list[dict[str, str]]) -> list[dict[str, str]]:
 
 def ablation_recipes(recipe_path: Path, work: Path) -> dict[str, Path]:
     """One-change variants of the recipe, written beside the work files (the request cache makes
-    the shared generation free): no filter step; relative_margin 0; plus LLM-written negatives."""
+    the shared generation free). Each changes ONE thing against the recipe as given:
+    no filter step; relative_margin 0; plus LLM-written negatives; plus the small-model failure
+    rules (truncated, repetition, few-shot leakage, query-likeness); plus the best query per
+    passage and style only (Promptagator-style consistency); the positive as the retriever sees
+    the document ("title. text")."""
     import yaml
 
     base = yaml.safe_load(recipe_path.read_text())
@@ -118,6 +122,9 @@ def ablation_recipes(recipe_path: Path, work: Path) -> dict[str, Path]:
         path = work / f"{name}.yaml"
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
+
+    def filter_rules(d: dict) -> list[dict]:
+        return next(s["filter"]["rules"] for s in d["steps"] if "filter" in s)
 
     def no_filters(d: dict) -> None:
         d["steps"] = [s for s in d["steps"] if "filter" not in s]
@@ -133,10 +140,39 @@ def ablation_recipes(recipe_path: Path, work: Path) -> dict[str, Path]:
         d["steps"].insert(mine_at, step)
         d.setdefault("output", {}).setdefault("columns", {})["negatives"] = ["llm_negative"]
 
+    def failure_rules(d: dict) -> None:
+        generate = next(s["generate"] for s in d["steps"] if "generate" in s)
+        column = generate["output"]
+        filter_rules(d)[0:0] = [
+            {"rule": "truncated", "step": generate["name"], "column": column},
+            {"rule": "repetition", "column": column},
+            {"rule": "leakage", "column": column, "template": generate["template"], "source_column": "text"},
+            {"rule": "querylike", "column": column, "source_column": "text"},
+        ]
+
+    def best_per_source(d: dict) -> None:
+        for rule in filter_rules(d):
+            if rule["rule"] == "roundtrip":
+                rule["keep_best_per_source"] = 1
+
+    def title_in_positive(d: dict) -> None:
+        expression = "(title ~ '. ' ~ text) if title else text"
+        d["steps"].insert(0, {"map": {"name": "document", "columns": {"document": expression}}})
+        for s in d["steps"]:
+            for rule in s.get("filter", {}).get("rules", []):
+                if rule.get("positive_column") == "text":
+                    rule["positive_column"] = "document"
+            if "mine_negatives" in s:
+                s["mine_negatives"]["positive_column"] = "document"
+        d.setdefault("output", {}).setdefault("columns", {})["positive"] = "document"
+
     return {
         "no_filters": variant("no_filters", no_filters),
         "relative_margin_0": variant("relative_margin_0", margin_0),
         "with_llm_negatives": variant("with_llm_negatives", llm_negatives),
+        "plus_failure_rules": variant("plus_failure_rules", failure_rules),
+        "plus_best_per_source": variant("plus_best_per_source", best_per_source),
+        "title_in_positive": variant("title_in_positive", title_in_positive),
     }
 
 
