@@ -84,7 +84,7 @@ def mine_command(
     seed: int = 0,
     st_compatible: Annotated[bool, Opt(help="sentence-transformers' window semantics.")] = False,
     search: Annotated[
-        str, Opt(help="exact, or faiss (approximate candidates, exact scores; pip install 'synth[faiss]').")
+        str, Opt(help="exact, or faiss (approximate candidates, exact scores; pip install 'synth\\[faiss]').")
     ] = "exact",
     nprobe: Annotated[int, Opt(help="faiss: clusters visited per query.")] = 16,
     query_prompt: str | None = None,
