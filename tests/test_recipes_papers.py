@@ -440,3 +440,24 @@ def _train_listwise(listwise: Any, tmp_path: Path) -> None:
     trainer = CrossEncoderTrainer(model=model, args=arguments, train_dataset=listwise, loss=ListNetLoss(model))
     result = trainer.train()
     assert trainer.state.global_step == 2 and math.isfinite(result.training_loss)
+
+
+def test_beir_queries_runs_with_its_small_model_failure_rules(tmp_path: Path) -> None:
+    """The shipped beir-queries recipe: its failure rules are wired to the generate step and every
+    reply ends as a row or a counted drop."""
+    corpus = tmp_path / "corpus.jsonl"
+    docs = [
+        {"id": f"d{i}", "title": f"Study {i} of diet", "text": f"Passage {i} says that fibre intake {i} lowers risk."}
+        for i in range(6)
+    ]
+    corpus.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    result = _run("beir-queries", tmp_path, f"source.path={corpus}")
+    recipe, _ = load_recipe(RECIPES / "beir-queries.yaml", [*DOUBLES, f"source.path={corpus}"])
+    quality = next(s for s in recipe.steps if s.kind == "filter")
+    kinds = [r.rule for r in quality.spec.rules]
+    assert kinds[:4] == ["truncated", "repetition", "leakage", "querylike"]
+    assert quality.spec.rules[0].step == "queries"
+    by_name = {r.name: r for r in result.reports}
+    assert by_name["queries"].rows_out == 12
+    assert by_name["quality"].rows_in == 12
+    assert by_name["quality"].rows_out + sum(by_name["quality"].dropped.values()) == 12
