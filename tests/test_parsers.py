@@ -301,7 +301,7 @@ def header(path: Path) -> dict[str, str]:
     source = path.read_text(encoding="utf-8")
     m = re.match(r"\{#(.*?)#\}", source, re.DOTALL)
     assert m, f"{path.name}: must start with a {{# ... #}} header"
-    return dict(re.findall(r"^(Variables|Parser):\s*(.+)$", m.group(1), re.MULTILINE))
+    return dict(re.findall(r"^(Variables|Parser|Model):\s*(.+)$", m.group(1), re.MULTILINE))
 
 
 def variables(path: Path) -> dict[str, str]:
@@ -338,7 +338,10 @@ def _takes_a_passage(path: Path) -> bool:
 # Templates that write something about a passage (`text`): the few-shot conventions below hold for
 # them. Templates without a passage (E5 brainstorm/example, translate) are covered end to end by
 # tests/test_recipes_papers.py, which runs their recipes.
-PASSAGE_TEMPLATES = [p for p in TEMPLATES if _takes_a_passage(p)]
+# Templates for base (not instruction-tuned) models: one user message of plain few-shot text the
+# model continues, no assistant turns (header `Model: base`); checked by their own test below.
+BASE_TEMPLATES = [p for p in TEMPLATES if header(p).get("Model", "").startswith("base")]
+PASSAGE_TEMPLATES = [p for p in TEMPLATES if _takes_a_passage(p) and p not in BASE_TEMPLATES]
 
 
 def test_expected_templates_ship() -> None:
@@ -423,3 +426,23 @@ def test_templates_truncate_long_passages() -> None:
         values = {**sample_vars(path), "text": long_text}
         last_user = messages(env().from_string(path.read_text(encoding="utf-8")).render(**values))
         assert len(last_user[-1][1]) < 2000, path.name
+
+
+@pytest.mark.parametrize("path", BASE_TEMPLATES, ids=lambda p: p.name)
+def test_base_model_templates_are_one_continuable_user_message(path: Path) -> None:
+    kind = header(path)["Parser"].split(",")[0].strip()
+    assert kind in PARSER_KINDS
+    template = env().from_string(path.read_text(encoding="utf-8"))
+    for style in ("question", "keywords"):
+        msgs = messages(template.render(**{**sample_vars(path), "style": style}))
+        assert [role for role, _ in msgs] == ["user"]
+        text = msgs[0][1]
+        assert text.rstrip().endswith("Query:") and "Mitochondria make ATP" in text
+        examples = re.findall(r"^Query: (.+)$", text, re.MULTILINE)
+        assert examples and all(parse_reply(e, kind) for e in examples)  # type: ignore[arg-type]
+    long_last = messages(template.render(**{**sample_vars(path), "text": "word " * 2000}))[-1][1]
+    assert len(long_last.rsplit("Passage:", 1)[1]) < 1600, "the passage is truncated"
+
+
+def test_base_template_list_is_not_empty() -> None:
+    assert [p.name for p in BASE_TEMPLATES] == ["query_inpars.j2"]
