@@ -76,26 +76,56 @@ def _readable_rows(src: sqlite3.Connection, table: str, columns: str) -> Iterato
     """Every row of `table` that still reads, in rowid order, stepping over damaged pages.
 
     A damaged page fails the scan at its first row: restart past it with a growing jump, and
-    pick up single rows inside short jumps so that a page next to the damage is not lost.
+    pick up single rows inside short jumps so that a page next to the damage is not lost. How
+    sqlite reads a damaged page is not fixed (a scan may also just end there), so afterwards the
+    rowids the table's own indexes still list are fetched one by one: the index is a separate
+    b-tree, untouched by damage to the table's pages.
     """
     scan = f"SELECT rowid, {columns} FROM {table} WHERE rowid > ? ORDER BY rowid"
     one = f"SELECT rowid, {columns} FROM {table} WHERE rowid = ?"
+    seen: set[int] = set()
+
+    def single(rowid: int) -> tuple[Any, ...] | None:
+        try:
+            return src.execute(one, (rowid,)).fetchone()
+        except sqlite3.DatabaseError:
+            return None
+
     after, jump = 0, 1  # our tables only ever get sqlite's own rowids, which start at 1
     while after < 2**62:
         try:
             for row in src.execute(scan, (after,)):
+                seen.add(row[0])
                 yield row[1:]
                 after, jump = row[0], 1
-            return
+            break
         except sqlite3.DatabaseError:
             for rowid in range(after + 1, after + jump + 1 if jump <= 1024 else after + 1):
-                try:
-                    found = src.execute(one, (rowid,)).fetchone()
-                except sqlite3.DatabaseError:
-                    continue
-                if found is not None:
+                found = single(rowid)
+                if found is not None and found[0] not in seen:
+                    seen.add(found[0])
                     yield found[1:]
             after, jump = after + jump, jump * 2
+    for rowid in _indexed_rowids(src, table):
+        if rowid not in seen and (found := single(rowid)) is not None:
+            seen.add(rowid)
+            yield found[1:]
+
+
+def _indexed_rowids(src: sqlite3.Connection, table: str) -> list[int]:
+    """The rowids `table`'s indexes list (as far as they read), in order; [] when there is no index."""
+    rowids: set[int] = set()
+    try:
+        indexes = [r[1] for r in src.execute(f"PRAGMA index_list({table})")]
+    except sqlite3.DatabaseError:
+        return []
+    for index in indexes:
+        try:
+            for (rowid,) in src.execute(f'SELECT rowid FROM {table} INDEXED BY "{index}"'):
+                rowids.add(rowid)
+        except sqlite3.DatabaseError:
+            continue  # the index is damaged too (from here on): keep what it gave
+    return sorted(rowids)
 
 
 def _salvage(damaged: Path, fresh: sqlite3.Connection) -> int:

@@ -37,7 +37,8 @@ def damage_table_pages(path: Path, count: int = 2) -> None:
     """Overwrite the cell pointers of `count` table leaf pages in the middle of the file (quick_check fails)."""
     data = bytearray(path.read_bytes())
     leaves = [p for p in range(1, len(data) // PAGE) if data[p * PAGE] == 0x0D]  # 0x0D: table b-tree leaf
-    for page in leaves[len(leaves) // 2 : len(leaves) // 2 + count]:
+    start = len(leaves) // 2 if count < len(leaves) else 0
+    for page in leaves[start : start + count]:
         data[page * PAGE + 8 : page * PAGE + 200] = b"\xff" * 192
     path.write_bytes(bytes(data))
 
@@ -174,3 +175,15 @@ def test_a_repaired_file_is_not_repaired_again_by_the_next_opener(tmp_path: Path
     assert second.get_many(["new"])["new"].texts == ["n"], "both write the same, live file"
     assert len(second.get_many(list(texts))) >= 1900
     assert sqlite3.connect(path).execute("PRAGMA quick_check").fetchall() == [("ok",)]
+
+
+def test_the_key_index_still_lists_every_rowid_when_all_table_pages_are_damaged(tmp_path: Path) -> None:
+    """The salvage's second pass: rowids come from the key index, a b-tree apart from the table's pages."""
+    path = tmp_path / "requests.sqlite"
+    filled(path, 300)
+    damage_table_pages(path, count=10**6)  # every table leaf
+    src = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    with pytest.raises(sqlite3.DatabaseError):
+        src.execute("SELECT count(value) FROM replies").fetchone()
+    assert cache._indexed_rowids(src, "replies") == list(range(1, 301))
+    src.close()
