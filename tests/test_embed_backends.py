@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from pydantic import ValidationError
 
@@ -76,7 +78,13 @@ def test_int8_is_close_to_torch_and_reuses_the_fp32_export(synth_home: Path, tor
     quantized = SentenceTransformerEmbedder(EmbedderSpec(backend="onnx-int8"))
     assert quantized.onnx_path == folder / FILES["onnx-int8"]
     assert (folder / "model.onnx").stat().st_mtime_ns == fp32  # quantized from the kept export
-    assert quantized.onnx_path.stat().st_size < (folder / "model.onnx").stat().st_size / 2
+    assert quantized.onnx_path.stat().st_size < (folder / "model.onnx").stat().st_size * 0.7
+    graph = onnx.load(str(quantized.onnx_path)).graph
+    ops = Counter(node.op_type for node in graph.node)
+    assert ops["QAttention"] == 6 and ops["MatMulInteger"] == 18 and ops["MatMul"] == 0  # every layer int8
+    # ... but the word-embedding table stays float32: quantizing it cost 0.003 nDCG@10 and no speed
+    dtypes = {init.name: init.data_type for init in graph.initializer}
+    assert dtypes["inner.embeddings.word_embeddings.weight"] == onnx.TensorProto.FLOAT
     vectors = quantized.embed(TEXTS, role="query")
     assert np.min(np.sum(vectors * torch_vectors, axis=1)) > 0.99
     assert not SentenceTransformerEmbedder(EmbedderSpec(backend="onnx-int8")).exported
