@@ -279,3 +279,44 @@ def test_engine_env_uses_free_cores_and_keeps_what_the_user_set(
     mine = {RESERVED: "1", BIND: "0"}
     added, none = engine_env(mine)
     assert added == {} and none is None
+
+
+def test_a_prompt_over_the_size_cap_is_its_rows_drop_in_place_across_shards(
+    dry_backend: object, tmp_path: Path
+) -> None:
+    """A row whose text renders a prompt over the cap is one `prompt_too_long` drop, never sent,
+    and the run goes on: same rows and drops in the same order streamed across shards or not."""
+    from synth.executors.local import LocalExecutor
+    from synth.executors.shards import ShardSet
+    from synth.prompts import PromptLibrary
+    from synth.recipe import load_recipe
+    from synth.steps.base import StepContext
+    from synth.steps.generate import GenerateStep
+
+    recipe, _ = load_recipe(REPO / "recipes" / "quickstart.yaml")
+    step = GenerateStep(recipe.steps[0].spec)  # 2 prompts a row (question, keywords)
+    todo = _shards(tmp_path, [3, 4, 2])
+    shards = ShardSet(tmp_path / "source")
+    huge = {(1, 1), (2, 1)}  # (shard, row): the 2nd row of shard 1, the last row of the last shard
+    for i, path in todo:
+        rows = read_rows(path)
+        for j, row in enumerate(rows):
+            if (i, j) in huge:
+                row["title"] = "long " * 2000  # the template cuts `text` at 1500 characters, not `title`
+        shards.write(i, rows)
+    runs = {}
+    for across in (False, True):
+        streaming = ReversedStream(dry_backend)
+        llm = CachedLLM("default", LLMSpec(backend="dry-run"), None, backend=streaming)  # type: ignore[arg-type]
+        prompts = PromptLibrary(REPO / "recipes", max_chars=5_000)
+        ctx = StepContext(prompts, [], lambda n=None, m=llm: m, lambda n=None: None)  # type: ignore[arg-type,return-value]
+        runs[across] = list(LocalExecutor(across).map_batches(step, ctx, todo, list))
+        assert streaming.read == 2 * (9 - 2), "the too-long rows' prompts never reach the backend"
+    for (i, one), (j, many) in zip(runs[False], runs[True], strict=True):
+        assert i == j and one.rows == many.rows and one.dropped == many.dropped
+    results = [r for _, r in runs[True]]
+    assert [len(r.rows) for r in results] == [6, 6, 2]
+    for (shard, row), result in zip(sorted(huge), results[1:], strict=True):
+        source = read_rows(todo[shard][1])[row]["source_id"]
+        assert [(d["reason"], d["source_id"]) for d in result.dropped] == [("prompt_too_long", source)] * 2
+        assert "5,000 characters" in result.dropped[0]["detail"]

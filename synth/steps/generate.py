@@ -24,7 +24,7 @@ from synth.backends import PROMPT_TOO_LONG, Completion, Messages, SamplingParams
 from synth.llm import Usage
 from synth.parsers import ParseError, parse_reply
 from synth.progress import Advance, Ticker, count_tokens
-from synth.prompts import PromptLibrary
+from synth.prompts import PromptLibrary, PromptTooLong
 from synth.steps.base import Row, Step, StepContext, StepResult, drop, stable_hash
 
 
@@ -193,15 +193,22 @@ class GenerateStep(Step):
                 raise ParseError("wrong_type", "; ".join(wrong))
         return {k: value[k] for k in output}
 
-    def _jobs(self, rows: Sequence[Row], ctx: StepContext) -> Iterator[tuple[Row, dict[str, Any], Messages]]:
-        """(row, each-combination, rendered messages), lazily, in a fixed order."""
+    def _jobs(
+        self, rows: Sequence[Row], ctx: StepContext
+    ) -> Iterator[tuple[Row, dict[str, Any], Messages | PromptTooLong]]:
+        """(row, each-combination, rendered messages), lazily, in a fixed order. A prompt over the
+        size cap comes as its error instead: the row's text is at fault, so it is that row's drop,
+        as a prompt too long for the model is (a broken template still stops the step)."""
         combos = combinations(self.spec.each)
         for i, row in enumerate(rows):
             for each in combos:
                 combo = self._with_sample(row, each)
                 label = f"{i} (id={row.get('source_id', row.get('id'))})"
                 variables = template_variables(row, self.spec, combo)
-                yield row, combo, ctx.prompts.render(self.spec.template, variables, label)
+                try:
+                    yield row, combo, ctx.prompts.render(self.spec.template, variables, label)
+                except PromptTooLong as e:
+                    yield row, combo, e
 
     def __call__(self, rows: Sequence[Row], ctx: StepContext) -> StepResult:
         """Stream the rows' prompts through the LLM as one stream: memory stays flat in the input
@@ -232,8 +239,9 @@ class GenerateStep(Step):
             f"{self.name}_parse": "ok",
         }
         combos = len(combinations(self.spec.each))
-        # Rendered, reply not yet collected: (its batch's result, [replies due, all read] of the batch, row, combo).
-        waiting: deque[tuple[StepResult, list[int], Row, dict[str, Any]]] = deque()
+        # Rendered, reply not yet collected: (its batch's result, [replies due, all read] of the batch,
+        # row, combo, None; or the render error of a prompt over the size cap, never sent).
+        waiting: deque[tuple[StepResult, list[int], Row, dict[str, Any], PromptTooLong | None]] = deque()
         opened: deque[tuple[int, StepResult, list[int]]] = deque()  # batches not yet yielded, in order
         starts: list[int] = []  # stream position of each opened batch's first prompt
         owners: list[StepResult] = []
@@ -250,13 +258,24 @@ class GenerateStep(Step):
                 if rows and not bar:
                     bar.append(stack.enter_context(ctx.progress.task(f"{self.name}: generating", len(rows) * combos)))
                 for row, combo, messages in self._jobs(rows, ctx):
-                    waiting.append((result, due, row, combo))
                     due[0] += 1
+                    if isinstance(messages, PromptTooLong):
+                        waiting.append((result, due, row, combo, messages))
+                        continue
+                    waiting.append((result, due, row, combo, None))
                     position += 1
                     yield messages
                 due[1] = 1  # every prompt of the batch is read
 
+        def unsent() -> None:
+            """Record the drops of the prompts over the size cap at the head of the queue (in order)."""
+            while waiting and waiting[0][4] is not None:
+                result, due, row, _, error = waiting.popleft()
+                result.dropped.append(drop(self.name, PROMPT_TOO_LONG, row, detail=str(error)))
+                due[0] -= 1
+
         def finished() -> Iterator[tuple[int, StepResult]]:
+            unsent()
             while opened and opened[0][2] == [0, 1]:
                 index, result, _ = opened.popleft()
                 yield index, result
@@ -267,7 +286,8 @@ class GenerateStep(Step):
         ticker = Ticker(lambda n: bar[0](n) if bar else None, lambda n: count_tokens(bar[0], n) if bar else None)
         with stack:
             for completion in llm.stream(prompts(), params, usage_of, ticker):
-                result, due, row, combo = waiting.popleft()
+                unsent()
+                result, due, row, combo, _ = waiting.popleft()
                 self._collect(row, combo, completion, provenance, result)
                 due[0] -= 1
                 yield from finished()
