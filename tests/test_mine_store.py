@@ -212,3 +212,16 @@ def test_failed_embedding_stops_the_search_worker() -> None:
     else:
         raise AssertionError("the embedder's error was swallowed")
     assert not [t for t in threading.enumerate() if t.name == "synth-topk"]
+
+
+def test_take_gathers_in_slices_exactly_as_fancy_indexing(tmp_path: Path) -> None:
+    """`VectorFile.take` maps the file once per slice of indices (so the touched pages do not pile
+    up in RSS): any slice size gives numpy's own gather, unsorted and repeated indices included."""
+    rng = np.random.default_rng(0)
+    array = rng.standard_normal((1000, 8)).astype(np.float32)
+    np.save(tmp_path / "v.npy", array)
+    vectors = VectorFile(tmp_path / "v.npy")
+    idx = rng.integers(0, 1000, 777)
+    for slice_rows in (1, 7, 8192):
+        np.testing.assert_array_equal(vectors.take(idx, slice_rows), array[idx])
+    assert vectors.take([]).shape == (0, 8)

@@ -48,10 +48,20 @@ class VectorFile:
             f.seek(self.offset + start * dim * 4)
             return np.fromfile(f, dtype=np.float32, count=max(stop - start, 0) * dim).reshape(-1, dim)
 
-    def take(self, idx: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Rows by index (memory-mapped gather; only the touched pages are read)."""
-        mm = np.load(self.path, mmap_mode="r")
-        return np.asarray(mm[np.asarray(idx, dtype=np.int64)], dtype=np.float32)
+    def take(self, idx: Sequence[int] | np.ndarray, slice_rows: int = 8192) -> np.ndarray:
+        """Rows by index: a memory-mapped gather, `slice_rows` indices per mapping.
+
+        Why slices: the pages a mapping touched count in the process's RSS until it is unmapped,
+        so one mapping for a large random gather (faiss' training sample, a query batch's
+        candidates) held up to the whole file resident; each slice is unmapped before the next.
+        """
+        idx = np.asarray(idx, dtype=np.int64)
+        out = np.empty((len(idx), self.shape[1]), dtype=np.float32)
+        for start in range(0, len(idx), slice_rows):
+            mm = np.load(self.path, mmap_mode="r")
+            out[start : start + slice_rows] = mm[idx[start : start + slice_rows]]
+            del mm  # the last reference: unmapped here
+        return out
 
     def head(self, n: int) -> VectorFile:
         """The first n rows as a VectorFile (searchable documents before positive-only ones)."""
