@@ -57,8 +57,8 @@ class VectorFile:
         """
         idx = np.asarray(idx, dtype=np.int64)
         out = np.empty((len(idx), self.shape[1]), dtype=np.float32)
-        for start in range(0, len(idx), slice_rows):
-            mm = np.load(self.path, mmap_mode="r")
+        for start in range(0, len(idx), slice_rows):  # the header was read once, in __init__
+            mm = np.memmap(self.path, dtype=np.float32, mode="r", offset=self.offset).reshape(-1, self.shape[1])
             out[start : start + slice_rows] = mm[idx[start : start + slice_rows]]
             del mm  # the last reference: unmapped here
         return out

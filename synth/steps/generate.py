@@ -259,12 +259,11 @@ class GenerateStep(Step):
                     bar.append(stack.enter_context(ctx.progress.task(f"{self.name}: generating", len(rows) * combos)))
                 for row, combo, messages in self._jobs(rows, ctx):
                     due[0] += 1
-                    if isinstance(messages, PromptTooLong):
-                        waiting.append((result, due, row, combo, messages))
-                        continue
-                    waiting.append((result, due, row, combo, None))
-                    position += 1
-                    yield messages
+                    error = messages if isinstance(messages, PromptTooLong) else None
+                    waiting.append((result, due, row, combo, error))
+                    if error is None:
+                        position += 1
+                        yield messages
                 due[1] = 1  # every prompt of the batch is read
 
         def unsent() -> None:
