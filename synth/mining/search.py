@@ -13,7 +13,9 @@ not depend on chunk sizes (ties at a chunk's cut are resolved by a full sort of 
 
 from __future__ import annotations
 
+import os
 import queue
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -48,19 +50,31 @@ class VectorFile:
             f.seek(self.offset + start * dim * 4)
             return np.fromfile(f, dtype=np.float32, count=max(stop - start, 0) * dim).reshape(-1, dim)
 
-    def take(self, idx: Sequence[int] | np.ndarray, slice_rows: int = 8192) -> np.ndarray:
-        """Rows by index: a memory-mapped gather, `slice_rows` indices per mapping.
+    def take(self, idx: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Rows by index, one positioned read per row (~2 us each from the page cache).
 
-        Why slices: the pages a mapping touched count in the process's RSS until it is unmapped,
-        so one mapping for a large random gather (faiss' training sample, a query batch's
-        candidates) held up to the whole file resident; each slice is unmapped before the next.
+        Why not a memory mapping: every page a mapping faults in (and the kernel maps 64 KiB around
+        each fault) counts in the process's RSS until it is unmapped, so a random gather of a few
+        thousand rows held hundreds of MiB of the file resident (1M rows of a 1 GiB file: +1 GiB
+        peak, even in slices of 512 indices); reads put only the rows asked for in memory.
         """
-        idx = np.asarray(idx, dtype=np.int64)
-        out = np.empty((len(idx), self.shape[1]), dtype=np.float32)
-        for start in range(0, len(idx), slice_rows):  # the header was read once, in __init__
-            mm = np.memmap(self.path, dtype=np.float32, mode="r", offset=self.offset).reshape(-1, self.shape[1])
-            out[start : start + slice_rows] = mm[idx[start : start + slice_rows]]
-            del mm  # the last reference: unmapped here
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        n, dim = self.shape
+        out = np.empty((len(idx), dim), dtype=np.float32)
+        if not len(idx):
+            return out
+        if idx.min() < 0 or idx.max() >= n:
+            raise IndexError(f"{self.path}: row index out of range 0..{n - 1}")
+        row_bytes = dim * 4
+        view = memoryview(out).cast("B")
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for j, i in enumerate(idx.tolist()):
+                got = os.preadv(fd, [view[j * row_bytes : (j + 1) * row_bytes]], self.offset + i * row_bytes)
+                if got != row_bytes:
+                    raise OSError(f"{self.path}: short read at row {i} (the file was cut?)")
+        finally:
+            os.close(fd)
         return out
 
     def head(self, n: int) -> VectorFile:
@@ -136,12 +150,13 @@ def _top_k_unordered(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
     return cols[:, :k], vals[:, :k], vals[:, k]
 
 
-def _chunk_top_k(scores: np.ndarray, start: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k (global index, score) of each row of one (queries x chunk) score block, exact ties."""
+def _chunk_top_k(scores: np.ndarray, start: int, k: int, ordered: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (global index, score) of each row of one (queries x chunk) score block, exact ties;
+    `ordered=False` returns the same set in any order (for a caller that sorts a union later)."""
     q, c = scores.shape
     if k >= c:
-        idx = np.broadcast_to(np.arange(start, start + c), (q, c)).copy()
-        return _sort_rows(idx, scores, k)
+        idx = np.broadcast_to(np.arange(start, start + c), (q, c))
+        return _sort_rows(idx.copy(), scores, k) if ordered else (idx, scores)
     part, top, after = _top_k_unordered(scores, k)
     # Only when the (k+1)-th best equals the k-th can a tie outside the pick have the lower index:
     # redo those (rare) rows in full; otherwise the pick is the exact set, ordered by _sort_rows.
@@ -152,7 +167,7 @@ def _chunk_top_k(scores: np.ndarray, start: int, k: int) -> tuple[np.ndarray, np
         cand = np.flatnonzero(scores[r] >= top[r, k - 1])
         order = np.lexsort((cand, -scores[r, cand]))[:k]
         part[r], top[r] = cand[order], scores[r, cand[order]]
-    return _sort_rows(part + start, top, k)
+    return _sort_rows(part + start, top, k) if ordered else (part + start, top)
 
 
 def merge_block(
@@ -308,54 +323,124 @@ def faiss_top_k(
     nlist: int | None = None,
     block: int = 65536,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Approximate candidates from a faiss IVF index, then exact scores and exact order.
+    """Inverted-file search: only the `nprobe` of `nlist` clusters nearest each query are scanned.
 
-    Why: on very large corpora a full scan per query is the cost; an inverted-file index visits
-    only `nprobe` of `nlist` clusters. Candidates may miss a true top-k document, but every score
-    returned is the exact dot product (re-read from the file) and the order is the exact one
-    (score desc, index asc), so margins mean the same as in exact search. Needs `faiss-cpu`
-    (`pip install synth[faiss]`).
+    Why: on very large corpora a full scan per query is the cost. Candidates may miss a true top-k
+    document (one in a cluster not probed), but every score returned is the exact dot product and
+    the order is the exact one (score desc, index asc), so margins mean the same as in exact search.
+    Needs `faiss-cpu` for the clustering (`pip install synth[faiss]`).
     """
-    return FaissIndex(corpus, nprobe=nprobe, nlist=nlist, block=block).search(queries, k)
+    index = FaissIndex(corpus, nprobe=nprobe, nlist=nlist, block=block)
+    try:
+        return index.search(queries, k)
+    finally:
+        index.close()
+
+
+CANDIDATE_LIMIT = 1 << 22  # (query, candidate) slots held at once by a cluster search: 48 MiB
 
 
 class FaissIndex:
-    """`faiss_top_k`'s index, built once over the corpus file and searched a query batch at a time
-    (each query's answer is its own: batches give what one call gives)."""
+    """`faiss_top_k`'s index: clusters trained by faiss, the vectors themselves in a file sorted by cluster.
+
+    Why not a faiss IVF index: it holds every vector in memory (1 GiB for 10^6 documents at dim 256,
+    more with its lists' growth slack), which set the peak of a whole mining run. Here faiss only
+    trains the `nlist` centroids (IVF-Flat's own training, so the clusters are the ones faiss would
+    use) and assigns each document to one; the corpus is rewritten once, cluster after cluster, and a
+    search reads each probed cluster back from that file: what stays in memory is the centroids and
+    one int64 per document. Scores are exact dot products (no codes, nothing to re-score), order is
+    score descending then index ascending, and probing every cluster is exact search. Each query's
+    answer is its own: batches give what one call gives.
+    """
 
     def __init__(self, corpus: VectorFile, *, nprobe: int = 16, nlist: int | None = None, block: int = 65536) -> None:
         try:
             import faiss
         except ImportError as e:
             raise ImportError("search='faiss' needs faiss-cpu: pip install 'synth[faiss]'") from e
-        self.corpus = corpus
         m, dim = len(corpus), corpus.shape[1]
         nlist = nlist or max(1, min(int(4 * np.sqrt(m)), m // 39 or 1))
-        quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        self.quantizer = faiss.IndexFlatIP(dim)
+        trainer = faiss.IndexIVFFlat(self.quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(0)
         sample = np.sort(rng.choice(m, size=min(m, max(nlist * 39, 1)), replace=False))
-        index.train(corpus.take(sample))
-        for _start, rows in iter_chunks(corpus, block):
-            index.add(np.ascontiguousarray(rows))
-        index.nprobe = min(nprobe, nlist)
-        self.index, self.quantizer = index, quantizer  # the index refers to its quantizer: keep both
+        trainer.train(corpus.take(sample))  # trains the quantizer: its vectors are the centroids
+        del trainer
+        labels = np.empty(m, np.int64)
+        for start, rows in iter_chunks(corpus, block):
+            labels[start : start + len(rows)] = self.quantizer.search(np.ascontiguousarray(rows), 1)[1][:, 0]
+        self.order = np.argsort(labels, kind="stable")  # file row -> corpus index
+        self.starts = np.zeros(nlist + 1, np.int64)  # cluster c: file rows starts[c]:starts[c + 1]
+        self.starts[1:] = np.cumsum(np.bincount(labels, minlength=nlist))
+        del labels
+        # The sorted copy lives in a folder of its own beside the corpus file, removed with the index.
+        self._tmp = tempfile.TemporaryDirectory(prefix="synth-ivf-", dir=corpus.path.parent)
+        path = Path(self._tmp.name) / "by-cluster.npy"
+        with path.open("wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (m, dim)})
+            for start in range(0, m, block):
+                f.write(corpus.take(self.order[start : start + block]).tobytes())
+        self.file = VectorFile(path)
+        self.nlist, self.nprobe = nlist, min(nprobe, nlist)
+
+    def close(self) -> None:
+        self._tmp.cleanup()
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        corpus = self.corpus
-        n, m, dim = len(queries), len(corpus), corpus.shape[1]
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        # Extra candidates so the exact re-sort, not faiss' rounding or tie order, decides the cut at k.
-        _, cand = self.index.search(q, min(2 * k + 10, m))
+        n = len(q)
         out_idx = np.full((n, k), -1, dtype=np.int64)
         out_scores = np.full((n, k), -np.inf, dtype=np.float32)
-        for qs in range(0, n, 1024):  # one gather per query chunk: bounded memory, few file reads
-            chunk = cand[qs : qs + 1024]
-            wanted = np.unique(chunk[chunk >= 0])
-            vecs = corpus.take(wanted) if len(wanted) else np.zeros((0, dim), np.float32)
-            for i in range(qs, qs + len(chunk)):
-                c = np.unique(cand[i][cand[i] >= 0])
-                exact = vecs[np.searchsorted(wanted, c)] @ q[i]
-                order = np.lexsort((c, -exact))[:k]
-                out_idx[i, : len(order)], out_scores[i, : len(order)] = c[order], exact[order]
+        if not n or not k or not len(self.order):
+            return out_idx, out_scores
+        probes = self.quantizer.search(q, self.nprobe)[1]
+        size = max(1, CANDIDATE_LIMIT // (self.nprobe * k))
+        for qs in range(0, n, size):
+            idx, scores = self._search_batch(q[qs : qs + size], probes[qs : qs + size], k)
+            out_idx[qs : qs + size], out_scores[qs : qs + size] = _top_k_of_candidates(idx, scores, k)
         return out_idx, out_scores
+
+    def _search_batch(self, q: np.ndarray, probes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every query's candidates: slot j holds the top-k of the j-th cluster it probes."""
+        n, nprobe = probes.shape
+        cand_idx = np.full((n, nprobe * k), -1, dtype=np.int64)
+        cand_scores = np.full((n, nprobe * k), -np.inf, dtype=np.float32)
+        flat = probes.ravel()
+        by_cluster = np.argsort(flat, kind="stable")
+        clusters, first = np.unique(flat[by_cluster], return_index=True)
+        bounds = np.append(first, len(flat))
+        dim = self.file.shape[1]
+        with self.file.path.open("rb") as f:
+            for c, lo, hi in zip(clusters.tolist(), bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+                a, b = (int(self.starts[c]), int(self.starts[c + 1])) if c >= 0 else (0, 0)
+                if a == b:
+                    continue
+                f.seek(self.file.offset + a * dim * 4)
+                vectors = np.fromfile(f, dtype=np.float32, count=(b - a) * dim).reshape(-1, dim)
+                rows, slot = np.divmod(by_cluster[lo:hi], nprobe)
+                scores = q[rows] @ vectors.T
+                # A cluster's rows are in corpus order (a stable sort): the lowest column wins a tie.
+                kk = min(k, b - a)
+                cols, vals = _chunk_top_k(scores, 0, kk, ordered=False)
+                where = slot[:, None] * k + np.arange(kk)
+                cand_idx[rows[:, None], where] = self.order[a + cols]
+                cand_scores[rows[:, None], where] = vals
+        return cand_idx, cand_scores
+
+
+def _top_k_of_candidates(idx: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k best (score desc, index asc) of distinct candidates padded with -1 / -inf."""
+    width = idx.shape[1]
+    if width <= k:
+        pad = k - width
+        idx = np.pad(idx, ((0, 0), (0, pad)), constant_values=-1)
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        return _sort_rows(idx, scores, k)
+    cols, top, after = _top_k_unordered(scores, k)
+    tied = np.flatnonzero(after >= top[:, k - 1])  # a tie at the cut: the lower index must win
+    picked = np.take_along_axis(idx, cols, axis=1)
+    if len(tied):
+        full_idx, full_scores = _sort_rows(idx[tied], scores[tied], k)
+        picked, top = picked.copy(), top.copy()
+        picked[tied], top[tied] = full_idx, full_scores
+    return _sort_rows(picked, top, k)

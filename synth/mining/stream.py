@@ -243,32 +243,36 @@ class StreamedMining:
         vectors: _Docs | None = None
         file: VectorFile | None = None
         index: FaissIndex | None = None
-        with self.progress.task("embedding queries + searching", n_groups) as advance:
-            for g0, texts in self._queries(batches, size):
-                query_emb = self.embedder.embed(texts, role="query")
-                if query_emb.ndim != 2 or len(query_emb) != len(texts):
-                    raise ValueError(
-                        f"embedder {self.embedder.model_id!r} returned shape {query_emb.shape} for {len(texts)} "
-                        "queries; expected a 2-D array, one row per query"
-                    )
-                if params.search == "faiss":  # the index is built once, over the whole corpus file
-                    if file is None:
-                        file, vectors = self._embed_corpus(query_emb.shape[1], None)
-                        index = FaissIndex(file, nprobe=params.nprobe)
-                    assert index is not None
-                    idx, scores = index.search(query_emb, k)
-                elif file is None:  # the first batch is searched while the corpus is embedded
-                    search = StreamingTopK(query_emb, k)
-                    file, vectors = self._embed_corpus(query_emb.shape[1], search)
-                    idx, scores = search.result()
-                else:  # later ones read the corpus vectors back, in the same blocks
-                    search = StreamingTopK(query_emb, k, background=False)
-                    for start, block in iter_chunks(file, CORPUS_BLOCK):
-                        search.add(start, block)
-                    idx, scores = search.result()
-                assert vectors is not None
-                self._select(g0, query_emb, idx, scores, vectors, max_positives, out)
-                advance(len(texts))
+        try:
+            with self.progress.task("embedding queries + searching", n_groups) as advance:
+                for g0, texts in self._queries(batches, size):
+                    query_emb = self.embedder.embed(texts, role="query")
+                    if query_emb.ndim != 2 or len(query_emb) != len(texts):
+                        raise ValueError(
+                            f"embedder {self.embedder.model_id!r} returned shape {query_emb.shape} for {len(texts)} "
+                            "queries; expected a 2-D array, one row per query"
+                        )
+                    if params.search == "faiss":  # the index is built once, over the whole corpus file
+                        if file is None:
+                            file, vectors = self._embed_corpus(query_emb.shape[1], None)
+                            index = FaissIndex(file, nprobe=params.nprobe)
+                        assert index is not None
+                        idx, scores = index.search(query_emb, k)
+                    elif file is None:  # the first batch is searched while the corpus is embedded
+                        search = StreamingTopK(query_emb, k)
+                        file, vectors = self._embed_corpus(query_emb.shape[1], search)
+                        idx, scores = search.result()
+                    else:  # later ones read the corpus vectors back, in the same blocks
+                        search = StreamingTopK(query_emb, k, background=False)
+                        for start, block in iter_chunks(file, CORPUS_BLOCK):
+                            search.add(start, block)
+                        idx, scores = search.result()
+                    assert vectors is not None
+                    self._select(g0, query_emb, idx, scores, vectors, max_positives, out)
+                    advance(len(texts))
+        finally:
+            if index is not None:
+                index.close()  # its by-cluster copy of the corpus vectors
         self.mined = out
         return out
 
