@@ -137,6 +137,9 @@ def _sort_rows(idx: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray,
     return np.take_along_axis(idx, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
+TopK = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
 def _top_k_unordered(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(columns, scores, kth-next) of each row's k+1 best, k+1 <= columns; any order among ties.
 
@@ -150,14 +153,25 @@ def _top_k_unordered(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
     return cols[:, :k], vals[:, :k], vals[:, k]
 
 
-def _chunk_top_k(scores: np.ndarray, start: int, k: int, ordered: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def _top_k_numpy(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_top_k_unordered`'s contract (the k-th and (k+1)-th best at their places, the rest in any
+    order) by numpy's partition: for the faiss path's small blocks, where torch gains little and
+    importing it would add ~150 MiB to a run whose embedder does not need torch."""
+    part = np.argpartition(-scores, (k - 1, k), axis=1)[:, : k + 1]
+    vals = np.take_along_axis(scores, part, axis=1)
+    return part[:, :k], vals[:, :k], vals[:, k]
+
+
+def _chunk_top_k(
+    scores: np.ndarray, start: int, k: int, ordered: bool = True, top_k: TopK = _top_k_unordered
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (global index, score) of each row of one (queries x chunk) score block, exact ties;
     `ordered=False` returns the same set in any order (for a caller that sorts a union later)."""
     q, c = scores.shape
     if k >= c:
         idx = np.broadcast_to(np.arange(start, start + c), (q, c))
         return _sort_rows(idx.copy(), scores, k) if ordered else (idx, scores)
-    part, top, after = _top_k_unordered(scores, k)
+    part, top, after = top_k(scores, k)
     # Only when the (k+1)-th best equals the k-th can a tie outside the pick have the lower index:
     # redo those (rare) rows in full; otherwise the pick is the exact set, ordered by _sort_rows.
     tied = np.flatnonzero(after >= top[:, k - 1])
@@ -421,7 +435,7 @@ class FaissIndex:
                 scores = q[rows] @ vectors.T
                 # A cluster's rows are in corpus order (a stable sort): the lowest column wins a tie.
                 kk = min(k, b - a)
-                cols, vals = _chunk_top_k(scores, 0, kk, ordered=False)
+                cols, vals = _chunk_top_k(scores, 0, kk, ordered=False, top_k=_top_k_numpy)
                 where = slot[:, None] * k + np.arange(kk)
                 cand_idx[rows[:, None], where] = self.order[a + cols]
                 cand_scores[rows[:, None], where] = vals
@@ -436,7 +450,7 @@ def _top_k_of_candidates(idx: np.ndarray, scores: np.ndarray, k: int) -> tuple[n
         idx = np.pad(idx, ((0, 0), (0, pad)), constant_values=-1)
         scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
         return _sort_rows(idx, scores, k)
-    cols, top, after = _top_k_unordered(scores, k)
+    cols, top, after = _top_k_numpy(scores, k)
     tied = np.flatnonzero(after >= top[:, k - 1])  # a tie at the cut: the lower index must win
     picked = np.take_along_axis(idx, cols, axis=1)
     if len(tied):
