@@ -7,8 +7,9 @@ judges with a second LLM pays for loading it only when a judge request is not ca
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from synth.backends import LLMBackend
 from synth.cache import EmbeddingCache, RequestCache, default_cache_dir, open_caches
@@ -45,6 +46,8 @@ class ModelPool:
         self._given_embedder = embedder
         self._llms: dict[str, CachedLLM] = {}
         self._embedders: dict[str, Embedder] = {}
+        # How an embedder is built when a step needs one: the executor may swap it (Ray: an actor pool).
+        self.build_embedder: Callable[[Any], Embedder] = make_embedder
 
     def llm(self, name: str | None = None) -> CachedLLM:
         key = name or DEFAULT
@@ -64,7 +67,7 @@ class ModelPool:
             def load() -> Embedder:
                 if not loaded:
                     with self.progress.task(f"loading embedder {key}: {spec.model}", 1) as advance:
-                        loaded.append(make_embedder(spec))
+                        loaded.append(self.build_embedder(spec))
                         advance(1)
                 return loaded[0]
 

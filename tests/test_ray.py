@@ -157,13 +157,13 @@ class SlowChat(BaseHTTPRequestHandler):
         pass
 
 
-def actor_pids() -> list[int]:
-    """Processes of our Ray Data actors (their title names the class)."""
+def actor_pids(name: bytes = b"StepActor") -> list[int]:
+    """Processes of our Ray actors of one class (their title names the class)."""
     found = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if b"StepActor" in (proc / "cmdline").read_bytes():
+                if name in (proc / "cmdline").read_bytes():
                     found.append(int(proc.name))
             except OSError:
                 continue
@@ -205,3 +205,28 @@ def test_a_worker_actor_killed_mid_stage_the_run_completes(tmp_path: Path, ray_c
         assert output(tmp_path / "ray") == output(tmp_path / "local"), "nothing lost, nothing changed"
     finally:
         server.shutdown()
+
+
+def test_embedding_runs_in_a_ray_actor_pool_that_survives_a_killed_actor(tmp_path: Path, ray_cluster: str) -> None:
+    """The round-trip filter and mining embed through `EmbedActor`s (the real MiniLM model): one
+    actor is SIGKILLed while the pool works, Ray restarts it and retries its block, and the output
+    equals a local run's (each actor encodes the local run's own batches, so the vectors are equal)."""
+    dry = ["--set", "llm.backend=dry-run"]
+    local = generate(tmp_path / "local", tmp_path / "local-cache", *dry, limit="30")
+    assert local.returncode == 0, local.stderr[-3000:]
+    env = dict(os.environ, SYNTH_CACHE_DIR=str(tmp_path / "cache"), **AUTH)
+    command = [sys.executable, "-m", "synth.cli", "generate", str(QUICKSTART), "--limit", "30", *dry]
+    command += ["-o", str(tmp_path / "ray"), "--executor", "ray", "--address", ray_cluster]
+    run = subprocess.Popen(
+        command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.time() + 300
+    while not actor_pids(b"EmbedActor") and time.time() < deadline and run.poll() is None:
+        time.sleep(0.1)
+    victims = actor_pids(b"EmbedActor")
+    assert victims and run.poll() is None, "the embedding actor pool was started"
+    time.sleep(1.0)
+    os.kill(victims[0], signal.SIGKILL)
+    _, stderr = run.communicate(timeout=600)
+    assert run.returncode == 0, stderr[-3000:]
+    assert output(tmp_path / "ray") == output(tmp_path / "local"), "nothing lost, nothing changed"

@@ -4,6 +4,9 @@ What runs where:
 - the driver (`synth generate`) runs the pipeline of synth/executors/pipeline.py: it reads the
   source into shards, runs the steps that need every row (dedup, round-trip, mining) itself, and
   writes the output; it also keeps the request cache and markers, so resume works as locally;
+- an embedder a step asks for (round-trip, mining) is a pool of Ray actors encoding blocks of
+  texts in parallel (synth/executors/ray_embed.py); the driver keeps its embedding cache and
+  runs the search over the corpus vectors on its own disk;
 - a row-wise step (generate, a filter's row-local rules, the judge) becomes a `map_batches`
   stage over the shards still to do: each actor of the pool holds the step and builds its LLM
   backend once (a vLLM engine with `num_gpus` per actor on GPU nodes; CPU works too);
@@ -70,6 +73,7 @@ class RayExecutor:
         self.pool: Any = None
         self.reader: Any = None
         self.started_ray = False
+        self.embedders: list[Any] = []
 
     def start(self, pool: Any) -> None:
         """Connect (or start a local cluster sized to this machine) once the run's caches exist."""
@@ -96,6 +100,7 @@ class RayExecutor:
         for name in ("ray", "ray.data"):  # Ray Data's plan and progress lines: its log files keep them
             logging.getLogger(name).setLevel(logging.ERROR)
         self.pool = pool
+        pool.build_embedder = self._pooled_embedder  # corpus-aware steps embed on the cluster
         cache = pool.request_cache
         if cache is not None:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -104,6 +109,13 @@ class RayExecutor:
 
             here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
             self.reader = ray.remote(CacheReader).options(num_cpus=0, scheduling_strategy=here).remote(str(cache.path))
+
+    def _pooled_embedder(self, spec: Any) -> Any:
+        from synth.executors.ray_embed import PooledEmbedder
+
+        embedder = PooledEmbedder(spec, self.ray)
+        self.embedders.append(embedder)
+        return embedder
 
     def _actors(self, gpu_llm: bool) -> tuple[int, float, float]:
         """(actors, CPUs per actor, GPUs per actor) from the knobs and the cluster's resources."""
@@ -178,6 +190,9 @@ class RayExecutor:
                     )
 
     def close(self) -> None:
+        for embedder in self.embedders:
+            embedder.close()
+        self.embedders = []
         if self.reader is not None:
             self.ray.kill(self.reader)
             self.reader = None

@@ -1,0 +1,79 @@
+"""`--executor ray`: the recipe's embedders run in a Ray actor pool, the driver keeps the cache.
+
+Why: corpus-aware steps (round-trip, mining) run on the driver, which need not have a GPU nor
+many cores; their cost is embedding the corpus and the queries. A `PooledEmbedder` is an
+`Embedder` whose calls are cut into blocks that a pool of `EmbedActor`s (each holding the model
+once, on a GPU when the cluster has them) encode in parallel; the driver's `CachedEmbedder`
+still looks every text up in the embedding cache first and stores what comes back, and the
+search itself stays on the driver, reading the corpus vectors from its disk.
+
+The blocks are the ones `SentenceTransformerEmbedder.embed` makes itself (texts sorted by length,
+`batch_size * 4` per block), so each actor encodes exactly the batches a local run encodes and
+the vectors are the local ones. Actors are restarted and their calls retried by Ray when a
+worker dies (`max_restarts`, `max_task_retries`). Knobs (environment): SYNTH_RAY_EMBED_ACTORS
+(default: one per GPU on a GPU cluster, else one per CPU), SYNTH_RAY_EMBED_GPUS (GPUs per actor:
+1 on a GPU cluster, else 0), SYNTH_RAY_EMBED_CPUS (1).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from synth.embedders import Role, embedder_model_id, make_embedder
+
+
+class EmbedActor:
+    """One embedder, loaded once per actor; a block of texts in, its vectors out."""
+
+    def __init__(self, spec: Any) -> None:
+        self.embedder = make_embedder(spec)
+
+    def embed(self, texts: list[str], role: Role) -> np.ndarray:
+        return self.embedder.embed(texts, role=role)
+
+
+def pool_size(ray: Any) -> tuple[int, float, float]:
+    """(actors, CPUs per actor, GPUs per actor) from the knobs and the cluster's resources."""
+    resources = ray.cluster_resources()
+    gpus_total = float(resources.get("GPU", 0))
+    gpus = float(os.environ.get("SYNTH_RAY_EMBED_GPUS", 1.0 if gpus_total > 0 else 0.0))
+    cpus = float(os.environ.get("SYNTH_RAY_EMBED_CPUS", 1))
+    fits = int(gpus_total // gpus) if gpus > 0 else int(float(resources.get("CPU", 1)) // max(cpus, 0.001))
+    return max(1, int(os.environ.get("SYNTH_RAY_EMBED_ACTORS", max(1, fits)))), cpus, gpus
+
+
+class PooledEmbedder:
+    """An `Embedder` whose blocks are encoded by a pool of Ray actors, in order, several at once."""
+
+    def __init__(self, spec: Any, ray: Any) -> None:
+        from ray.util import ActorPool
+
+        self.spec, self.ray = spec, ray
+        self.model_id = embedder_model_id(spec)
+        self.actors_count, cpus, gpus = pool_size(ray)
+        actor = ray.remote(EmbedActor).options(num_cpus=cpus, num_gpus=gpus or None, max_restarts=3, max_task_retries=3)
+        self.actors = [actor.remote(spec) for _ in range(self.actors_count)]
+        self.pool = ActorPool(self.actors)
+
+    def embed(self, texts: Sequence[str], *, role: Role, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        order = np.argsort([-len(t) for t in texts], kind="stable")  # SentenceTransformerEmbedder's blocks
+        size = self.spec.batch_size * 4
+        blocks = [order[s : s + size] for s in range(0, len(texts), size)]
+        out: np.ndarray | None = None
+        results = self.pool.map(lambda a, idx: a.embed.remote([texts[i] for i in idx], role), blocks)
+        for idx, vectors in zip(blocks, results, strict=True):
+            if out is None:
+                out = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
+            out[idx] = vectors
+            if progress:
+                progress(len(idx))
+        return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+        self.actors = []
