@@ -84,6 +84,21 @@ def _engine_processes(before: set[int]) -> list[Any]:
     return found
 
 
+def _child_pids() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _await_exit(processes: list[Any]) -> None:
+    """Give processes that were told to stop ENGINE_STOP_GRACE_S to exit, then stop the rest."""
+    import psutil
+
+    _, alive = psutil.wait_procs(processes, timeout=ENGINE_STOP_GRACE_S)
+    if alive:
+        _stop_processes(alive)
+
+
 def _stop_processes(processes: list[Any]) -> None:
     """SIGTERM, wait a little, SIGKILL the rest: an engine left behind holds memory and a core."""
     import psutil
@@ -104,10 +119,9 @@ def _stop_processes(processes: list[Any]) -> None:
 
 def start_engine(kwargs: dict[str, Any], name: str) -> Any:
     """`vllm.LLM(**kwargs)`, but Ctrl-C and start-up errors never leave an engine process behind."""
-    import psutil
     from vllm import LLM
 
-    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    before = _child_pids()
     built: dict[str, Any] = {}
 
     def build() -> None:
@@ -168,11 +182,13 @@ class VLLMBackend:
             kwargs["enable_chunked_prefill"] = False
         kwargs.update(spec.engine_kwargs)
         self._cores: CoreClaim | None = None
+        before = _child_pids()
         if self.cpu:  # all free cores, none shared with another synth engine (synth/backends/cpu_cores.py)
             with bound_engine_env() as self._cores:
                 self.llm = start_engine(kwargs, spec.model)
         else:
             self.llm = start_engine(kwargs, spec.model)
+        self._processes = _engine_processes(before)  # what close() makes sure has exited
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
 
@@ -295,4 +311,7 @@ class VLLMBackend:
             shutdown = getattr(owner, "shutdown", None)
             if callable(shutdown):
                 shutdown()
-                return
+                break
+        # shutdown() signals the engine core; its own helper processes may still be exiting when it
+        # returns (seen once in CI): wait for them a bounded time, then stop what is left.
+        _await_exit(getattr(self, "_processes", []))
