@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -71,12 +71,9 @@ class SentenceTransformerEmbedder:
 
     def embed(self, texts: Sequence[str], *, role: Role, progress: Callable[[int], None] | None = None) -> np.ndarray:
         prompt = self.spec.query_prompt if role == "query" else self.spec.document_prompt
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        out: np.ndarray | None = None
-        size = self.spec.batch_size * 4
-        for start in range(0, len(texts), size):
-            idx = order[start : start + size]
-            vectors = self.model.encode(
+        blocks = length_blocks(texts, self.spec.batch_size * 4)
+        encoded = (
+            self.model.encode(
                 [texts[i] for i in idx],
                 batch_size=self.spec.batch_size,
                 prompt=prompt,
@@ -84,12 +81,29 @@ class SentenceTransformerEmbedder:
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
-            if out is None:
-                out = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
-            out[idx] = vectors
-            if progress:
-                progress(len(idx))
-        return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+            for idx in blocks
+        )
+        return assemble(len(texts), blocks, encoded, progress)
+
+
+def length_blocks(texts: Sequence[str], size: int) -> list[np.ndarray]:
+    """Indices of `texts`, longest first, cut into blocks of `size`: each block pads little."""
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    return [order[start : start + size] for start in range(0, len(texts), size)]
+
+
+def assemble(
+    n: int, blocks: Sequence[np.ndarray], vectors: Iterable[np.ndarray], progress: Callable[[int], None] | None
+) -> np.ndarray:
+    """The (n, dim) array of every block's vectors put back at its texts' places."""
+    out: np.ndarray | None = None
+    for idx, block in zip(blocks, vectors, strict=True):
+        if out is None:
+            out = np.zeros((n, block.shape[1]), dtype=np.float32)
+        out[idx] = block
+        if progress:
+            progress(len(idx))
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
 HASHING_NAME = re.compile(r"hashing(?:-(\d+))?")

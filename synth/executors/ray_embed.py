@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from synth.embedders import Role, embedder_model_id, make_embedder
+from synth.embedders import Role, assemble, embedder_model_id, length_blocks, make_embedder
 
 
 class EmbedActor:
@@ -60,18 +60,9 @@ class PooledEmbedder:
         self.pool = ActorPool(self.actors)
 
     def embed(self, texts: Sequence[str], *, role: Role, progress: Callable[[int], None] | None = None) -> np.ndarray:
-        order = np.argsort([-len(t) for t in texts], kind="stable")  # SentenceTransformerEmbedder's blocks
-        size = self.spec.batch_size * 4
-        blocks = [order[s : s + size] for s in range(0, len(texts), size)]
-        out: np.ndarray | None = None
-        results = self.pool.map(lambda a, idx: a.embed.remote([texts[i] for i in idx], role), blocks)
-        for idx, vectors in zip(blocks, results, strict=True):
-            if out is None:
-                out = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
-            out[idx] = vectors
-            if progress:
-                progress(len(idx))
-        return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+        blocks = length_blocks(texts, self.spec.batch_size * 4)  # SentenceTransformerEmbedder's blocks
+        encoded = self.pool.map(lambda actor, idx: actor.embed.remote([texts[i] for i in idx], role), blocks)
+        return assemble(len(texts), blocks, encoded, progress)
 
     def close(self) -> None:
         for actor in self.actors:
