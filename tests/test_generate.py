@@ -77,3 +77,23 @@ def test_each_fans_out_prompts_and_records_the_value(dry_backend) -> None:  # ty
         ("moon", "claim"),
     }
     assert len(result.rows) + len(result.dropped) == 4
+
+
+def test_a_cross_shard_stream_lets_go_of_each_batch_once_it_is_yielded(dry_backend) -> None:  # type: ignore[no-untyped-def]
+    """One request stream over many shards (the vLLM path) must not keep the shards it already
+    handed back: before, every batch's result (its rows) stayed referenced until the step ended,
+    so a 10^6-row generate step held all of its rows."""
+    import gc
+    import weakref
+
+    spec = GenerateSpec(name="para", template="paraphrase.j2", output="paraphrase")
+    ctx = make_ctx(DOCS, llm=dry_backend, sampling=SamplingSpec(max_tokens=16))
+    batches = [(i, [dict(DOCS[i % 2], id=f"d{i}", source_id=f"d{i}")]) for i in range(6)]
+    seen = []
+    for index, result in GenerateStep(spec).stream_batches(iter(batches), ctx, across=True):  # type: ignore[arg-type]
+        assert len(result.rows) + len(result.dropped) == 1
+        seen.append((index, weakref.ref(result)))
+        del result
+        gc.collect()
+        assert [i for i, ref in seen[:-2] if ref() is not None] == [], "an earlier batch's result is still held"
+    assert [i for i, _ in seen] == list(range(6))

@@ -244,7 +244,7 @@ class GenerateStep(Step):
         waiting: deque[tuple[StepResult, list[int], Row, dict[str, Any], PromptTooLong | None]] = deque()
         opened: deque[tuple[int, StepResult, list[int]]] = deque()  # batches not yet yielded, in order
         starts: list[int] = []  # stream position of each opened batch's first prompt
-        owners: list[StepResult] = []
+        owners: list[Usage] = []  # each opened batch's usage (not its result: yielded rows must be freed)
         bar: list[Advance] = []  # the progress bar, opened with the first rows (a shard may be empty)
         stack = ExitStack()
 
@@ -254,7 +254,7 @@ class GenerateStep(Step):
                 result, due = StepResult(rows=[]), [0, 0]
                 opened.append((index, result, due))
                 starts.append(position)
-                owners.append(result)
+                owners.append(result.usage)
                 if rows and not bar:
                     bar.append(stack.enter_context(ctx.progress.task(f"{self.name}: generating", len(rows) * combos)))
                 for row, combo, messages in self._jobs(rows, ctx):
@@ -280,7 +280,7 @@ class GenerateStep(Step):
                 yield index, result
 
         def usage_of(position: int) -> Usage:
-            return owners[bisect.bisect_right(starts, position) - 1].usage
+            return owners[bisect.bisect_right(starts, position) - 1]
 
         ticker = Ticker(lambda n: bar[0](n) if bar else None, lambda n: count_tokens(bar[0], n) if bar else None)
         with stack:
