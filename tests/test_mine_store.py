@@ -128,7 +128,7 @@ def test_streaming_top_k_with_prefilter_equals_full_sort_on_minilm(embedder: obj
 
 def test_faiss_candidates_get_exact_scores_and_order(tmp_path: Path, embedder: object) -> None:
     """All clusters probed: faiss equals exact search; one cluster: returned scores are still exact."""
-    from synth.mining.search import faiss_top_k
+    from synth.mining.ivf import faiss_top_k
     from tests.test_mine_parity import docstring_pairs
 
     pairs = docstring_pairs(["json", "textwrap", "shutil", "pathlib", "os", "inspect"])

@@ -2,7 +2,8 @@
 
     spec.py     MiningParams, Guards, MineSpec: what a user asks, validated once (pydantic)
     select.py   window, margins, sampling on sorted candidates (pure numpy)
-    search.py   corpus vectors on disk, exact (streaming) and faiss top-k
+    search.py   corpus vectors on disk, exact (streaming) top-k
+    ivf.py      search: faiss, clusters from faiss, vectors read back from disk per probed cluster
     engine.py   group pairs, embed, search, guard, rescore, select, teach
     result.py   MiningResult, MinedQuery: what the engine gives back
     rescore.py  cross-encoder and LLM judges, teacher fusion

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from synth.embedders import Embedder
+from synth.mining.ivf import faiss_top_k
 from synth.mining.rescore import FUSERS, Rescorer
 from synth.mining.result import MinedQuery, MiningResult, removal_totals
-from synth.mining.search import StreamingTopK, VectorFile, Vectors, embed_to_file, faiss_top_k, top_k
+from synth.mining.search import StreamingTopK, VectorFile, Vectors, embed_to_file, top_k
 from synth.mining.select import finish, row_rng, windows
 from synth.mining.spec import Guards, MiningParams
 from synth.progress import Advance, Progress, SilentProgress

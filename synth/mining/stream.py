@@ -29,7 +29,8 @@ import numpy as np
 from synth.embedders import Embedder
 from synth.mining.docstore import DocStore, StoreTexts, text_hash
 from synth.mining.engine import STREAM_LIMIT, _Docs, _embed_documents, _lowest, split_false_negatives
-from synth.mining.search import FaissIndex, StreamingTopK, VectorFile, embed_to_file, iter_chunks
+from synth.mining.ivf import FaissIndex
+from synth.mining.search import StreamingTopK, VectorFile, embed_to_file, iter_chunks
 from synth.mining.select import finish, row_rng, windows
 from synth.mining.spec import MiningParams
 from synth.progress import Progress
