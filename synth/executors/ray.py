@@ -37,6 +37,7 @@ from typing import Any
 
 from synth.backends import Completion
 from synth.executors.ray_actor import StepActor, prompt_snapshot
+from synth.executors.ray_embed import actor_count
 from synth.faults import crash_point
 from synth.llm import Usage
 from synth.steps.base import Row, Step, StepContext, StepResult
@@ -133,9 +134,7 @@ class RayExecutor:
         # A vLLM engine on CPUs uses every core it is given (as it does locally): one per node, whole.
         default_cpus = self._node_cpus() if gpu_llm and gpus_total == 0 else 1.0
         cpus = float(os.environ.get("SYNTH_RAY_CPUS_PER_ACTOR", default_cpus))
-        fits = int(gpus_total // gpus) if gpus > 0 else int(float(resources.get("CPU", 1)) // max(cpus, 0.001))
-        actors = int(os.environ.get("SYNTH_RAY_ACTORS", max(1, fits)))
-        return max(1, actors), cpus, gpus
+        return actor_count(resources, cpus, gpus, os.environ.get("SYNTH_RAY_ACTORS")), cpus, gpus
 
     def map_batches(
         self, step: Step, ctx: StepContext, todo: Sequence[tuple[int, Path]], prepare: Callable[[list[Row]], list[Row]]

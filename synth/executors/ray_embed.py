@@ -36,14 +36,19 @@ class EmbedActor:
         return self.embedder.embed(texts, role=role)
 
 
+def actor_count(resources: dict[str, float], cpus: float, gpus: float, knob: str | None) -> int:
+    """Actors of one size the cluster holds (GPUs decide when an actor takes any), or the knob's count."""
+    fits = int(resources.get("GPU", 0) // gpus) if gpus > 0 else int(resources.get("CPU", 1) // max(cpus, 0.001))
+    return max(1, int(knob) if knob else fits)
+
+
 def pool_size(ray: Any) -> tuple[int, float, float]:
     """(actors, CPUs per actor, GPUs per actor) from the knobs and the cluster's resources."""
     resources = ray.cluster_resources()
     gpus_total = float(resources.get("GPU", 0))
     gpus = float(os.environ.get("SYNTH_RAY_EMBED_GPUS", 1.0 if gpus_total > 0 else 0.0))
     cpus = float(os.environ.get("SYNTH_RAY_EMBED_CPUS", 1))
-    fits = int(gpus_total // gpus) if gpus > 0 else int(float(resources.get("CPU", 1)) // max(cpus, 0.001))
-    return max(1, int(os.environ.get("SYNTH_RAY_EMBED_ACTORS", max(1, fits)))), cpus, gpus
+    return actor_count(resources, cpus, gpus, os.environ.get("SYNTH_RAY_EMBED_ACTORS")), cpus, gpus
 
 
 class PooledEmbedder:
