@@ -42,6 +42,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from synth.idset import IdSet
+
 Loc = tuple[str, int | str]  # ("line", 3) in a text file, ("row", 3) in a JSON array / table, ("file", "a.txt")
 Record = tuple[Loc, "dict[str, Any] | str"]  # a row, or why this record is malformed
 MAX_PROBLEMS = 20  # check_source lists at most this many, then counts the rest
@@ -262,7 +264,7 @@ class _Scan:
         self.drops: Counter[str] = Counter()
         self.problems: list[str] = []
         self.columns: dict[str, None] = {}  # every column seen, in order
-        self.ids: set[str] = set()
+        self.ids = IdSet()  # ~8 bytes an id, not ~115 (synth/idset.py)
         self.records = self.kept = 0
         self._reserved = set(RESERVED) - {text_column, id_column}  # not yet reported
 

@@ -147,3 +147,21 @@ def test_without_the_cache_nothing_is_resumed_or_left_behind(tmp_path: Path) -> 
     assert len(result.rows) == len(details) and result.rows._dataset is None  # type: ignore[attr-defined]  # counted, not opened
     assert result.rows[0] == details[0] and list(result.rows) == details.to_list() == result.rows.to_list()  # type: ignore[attr-defined]
     assert len(result.dropped) == len((tmp_path / "out" / "dropped.jsonl").read_text().splitlines())
+
+
+def test_a_global_steps_output_is_cut_between_sources_and_knows_when_a_source_came_back(tmp_path: Path) -> None:
+    """`_write_grouped` (a global step's rows back to shards): shards close only where the source
+    changes, and `aligned` turns False once a source's rows reappear after another's, as the
+    per-shard rules that follow rely on it (the seen ids are an IdSet of hashes, not strings)."""
+    from synth.executors.pipeline import _write_grouped
+    from synth.executors.shards import ShardSet, read_rows
+
+    rows = [{"source_id": s, "n": i} for i, s in enumerate("aaabbcc")]
+    stage = _write_grouped(iter(rows), ShardSet(tmp_path / "grouped"), batch_rows=2)
+    assert stage.counts == [3, 2, 2] and stage.aligned
+    assert [r["n"] for p in stage.paths for r in read_rows(p)] == list(range(7))
+
+    back = [{"source_id": s} for s in "aabba"]
+    assert not _write_grouped(iter(back), ShardSet(tmp_path / "back"), batch_rows=100).aligned
+    many = [{"source_id": f"d{i}"} for i in range(70_000)] + [{"source_id": "d5"}]  # past one IdSet fold
+    assert not _write_grouped(iter(many), ShardSet(tmp_path / "many"), batch_rows=100_000).aligned

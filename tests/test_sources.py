@@ -100,3 +100,36 @@ def test_parquet_and_dataset_rows_stream_through_the_same_checks(tmp_path: Path)
     ]
     with pytest.raises(SourceError, match="no row has a non-empty 'body'"):
         load_documents(tmp_path / "s.parquet", text_column="body")
+
+
+def test_a_duplicate_id_far_apart_is_found_after_the_ids_are_folded_into_hashes(tmp_path: Path) -> None:
+    """The duplicate-id check holds ids as 64-bit hashes once a batch is full (synth/idset.py); a
+    duplicate 70k lines after its first use (past one fold) is still refused, at its own line."""
+    path = tmp_path / "far.jsonl"
+    with path.open("w") as f:
+        for i in range(70_000):
+            f.write(json.dumps({"id": f"doc-{i}", "text": "t"}) + "\n")
+        f.write(json.dumps({"id": "doc-3", "text": "again"}) + "\n")
+    with pytest.raises(SourceError, match=f"{path.name}:70001: duplicate id 'doc-3'"):
+        load_documents(path)
+
+
+def test_the_id_set_answers_like_a_python_set_and_holds_a_few_bytes_an_id() -> None:
+    import tracemalloc
+
+    from synth.idset import IdSet
+
+    ids = IdSet(batch=1000)
+    for i in range(2500):
+        ids.add(f"a{i}")
+    assert all(f"a{i}" in ids for i in range(2500))  # folded (0..1999) and recent (2000..2499)
+    assert not any(f"b{i}" in ids for i in range(2500)) and "" not in ids and "a2500" not in ids
+
+    tracemalloc.start()
+    big = IdSet()
+    for i in range(300_000):
+        big.add(f"document-{i:09d}")
+    held, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert "document-000123456" in big and "document-000300000" not in big
+    assert held < 12 * 2**20, held  # a set[str] of the same ids: ~35 MiB

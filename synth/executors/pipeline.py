@@ -42,6 +42,7 @@ from synth.executors.shards import (
     write_json_atomic,
     write_rows,
 )
+from synth.idset import IdSet
 from synth.llm import Usage
 from synth.steps.base import Row, Step, StepContext, StepResult, stable_hash
 
@@ -336,7 +337,7 @@ def _write_grouped(rows: Iterable[Row], out: ShardSet, batch_rows: int) -> Stage
     ended up in one shard (they do when the step kept its input's order)."""
     counts: list[int] = []
     chunk: list[Row] = []
-    seen: set[str] = set()
+    seen = IdSet()  # every source id once: ~8 bytes an id, not ~115 (10^6 sources: ~100 MiB less)
     current: object = object()
     aligned = True
     for row in rows:
