@@ -94,6 +94,8 @@ def test_quickstart_on_ray_equals_the_local_run(tmp_path: Path, ray_cluster: str
     queries = next(s for s in summary["steps"] if s["name"] == "queries")
     assert (queries["requests"], queries["cache_hits"]) == (98, 0)
     assert list(replies_by_run(tmp_path / "ray-cache").values()) == [98], "the driver committed every reply"
+    negatives = next(s for s in summary["steps"] if s["name"] == "negatives")
+    assert negatives["stats"]["executor_search_batches"] == 1, "mining's search ran as a Ray Data stage"
 
 
 def test_a_bad_cluster_address_is_one_line_and_fails(tmp_path: Path) -> None:
@@ -230,3 +232,40 @@ def test_embedding_runs_in_a_ray_actor_pool_that_survives_a_killed_actor(tmp_pat
     _, stderr = run.communicate(timeout=600)
     assert run.returncode == 0, stderr[-3000:]
     assert output(tmp_path / "ray") == output(tmp_path / "local"), "nothing lost, nothing changed"
+
+
+def test_exact_search_as_a_ray_data_stage_equals_the_local_search(tmp_path: Path, ray_cluster: str) -> None:
+    """`ray_top_k` (one map_batches task per 1,024 queries, each reading the stored vectors) gives
+    exactly `top_k`'s ids and scores: a query count that is no multiple of the chunk, tied scores
+    (ties go to the lowest corpus index), a corpus view shorter than its file, k past the corpus.
+    A driver process of its own (as `synth generate` is), connected to the test's cluster."""
+    script = tmp_path / "search.py"
+    script.write_text(
+        f"""
+import numpy as np, ray
+from pathlib import Path
+from synth.executors.ray_search import ray_top_k
+from synth.mining.search import VectorFile, top_k
+
+folder = Path({str(tmp_path / "vectors")!r})
+folder.mkdir()
+rng = np.random.default_rng(0)
+corpus = rng.standard_normal((3000, 16)).astype(np.float32)
+corpus[2000:2100] = corpus[5]  # 100 copies of one document: tied scores across corpus chunks
+queries = rng.standard_normal((2500, 16)).astype(np.float32)
+queries[7] = corpus[5]
+np.save(folder / "corpus.npy", corpus)
+file = VectorFile(folder / "corpus.npy").head(2900)
+ray.init(address={ray_cluster!r}, logging_level="ERROR", log_to_driver=False)
+for k in (40, 3000):
+    got_idx, got_scores = ray_top_k(ray, queries, file, k, 1024)
+    want_idx, want_scores = top_k(queries, file, k, corpus_chunk=1024)
+    assert np.array_equal(got_idx, want_idx) and np.array_equal(got_scores, want_scores), k
+assert list(got_idx[7][:3]) == [5, 2000, 2001], got_idx[7][:3]
+assert sorted(p.name for p in folder.iterdir()) == ["corpus.npy"], "the query file is removed"
+print("equal")
+"""
+    )
+    env = dict(os.environ, **AUTH)
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0 and done.stdout.strip().endswith("equal"), done.stderr[-3000:]

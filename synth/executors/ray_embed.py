@@ -4,8 +4,8 @@ Why: corpus-aware steps (round-trip, mining) run on the driver, which need not h
 many cores; their cost is embedding the corpus and the queries. A `PooledEmbedder` is an
 `Embedder` whose calls are cut into blocks that a pool of `EmbedActor`s (each holding the model
 once, on a GPU when the cluster has them) encode in parallel; the driver's `CachedEmbedder`
-still looks every text up in the embedding cache first and stores what comes back, and the
-search itself stays on the driver, reading the corpus vectors from its disk.
+still looks every text up in the embedding cache first and stores what comes back (mining's
+exact search over the stored vectors is a Ray Data stage of its own: ray_search.py).
 
 The blocks are the ones `SentenceTransformerEmbedder.embed` makes itself (texts sorted by length,
 `batch_size * 4` per block), so each actor encodes exactly the batches a local run encodes and

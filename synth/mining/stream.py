@@ -37,6 +37,8 @@ from synth.progress import Progress
 
 Row = dict[str, Any]
 Batches = Callable[[], Iterator[list[Row]]]  # a fresh pass over the input rows, a batch at a time
+# (queries, corpus file, k, corpus chunk) -> `search.top_k`'s (indices, scores), computed elsewhere
+ExactSearch = Callable[[np.ndarray, VectorFile, int, int], tuple[np.ndarray, np.ndarray]]
 QUERY_BATCH = 16384  # unique queries embedded and searched at once (16 MiB of vectors at dim 256)
 CORPUS_BLOCK = 8192  # documents embedded at once (embed_to_file's block: the same search chunks)
 
@@ -128,8 +130,11 @@ class StreamedMining:
         positive_id_column: str | None,
         progress: Progress,
         query_batch: int = QUERY_BATCH,
+        search: ExactSearch | None = None,
     ) -> None:
         self.params, self.embedder, self.progress = params, embedder, progress
+        self.search = search  # exact top-k over the corpus file elsewhere (Ray); None: here, while embedding
+        self.searched_elsewhere = 0  # query batches `search` answered (the step's stats say where it ran)
         self.query_batch = query_batch
         self.query_column, self.positive_column, self.positive_id_column = (
             query_column,
@@ -259,6 +264,11 @@ class StreamedMining:
                             index = FaissIndex(file, nprobe=params.nprobe)
                         assert index is not None
                         idx, scores = index.search(query_emb, k)
+                    elif self.search is not None:  # the executor's (Ray: a map_batches stage over the file)
+                        if file is None:
+                            file, vectors = self._embed_corpus(query_emb.shape[1], None)
+                        idx, scores = self.search(query_emb, file, k, CORPUS_BLOCK)
+                        self.searched_elsewhere += 1
                     elif file is None:  # the first batch is searched while the corpus is embedded
                         search = StreamingTopK(query_emb, k)
                         file, vectors = self._embed_corpus(query_emb.shape[1], search)

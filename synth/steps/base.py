@@ -37,6 +37,9 @@ class StepContext:
     llm: Callable[[str | None], CachedLLM]  # ctx.llm(name): None is the recipe's default `llm:`
     embedder: Callable[[str | None], Embedder]  # ctx.embedder(name): cached, None is the default `embedder:`
     progress: Progress = field(default_factory=SilentProgress)
+    # Exact top-k over stored corpus vectors where the executor runs it (Ray: a map_batches stage);
+    # None: in this process. (queries, VectorFile, k, corpus chunk) -> (indices, scores).
+    search: Callable[..., Any] | None = None
 
 
 @dataclass

@@ -99,6 +99,7 @@ class MineNegativesStep(Step):
             positive_column=spec.positive_column,
             positive_id_column=spec.positive_id_column,
             progress=_Named(ctx.progress, self.name),
+            search=ctx.search if spec.search == "exact" else None,
         )
         try:
             if spec.corpus == "source":
@@ -114,6 +115,8 @@ class MineNegativesStep(Step):
             mining.close()
             raise
         stats: dict[str, Any] = {"corpus_size": len(mining.store), "queries": plan.groups, "removed": mined.totals()}
+        if mining.searched_elsewhere:  # by the executor (Ray: a map_batches stage), not in this process
+            stats["executor_search_batches"] = mining.searched_elsewhere
         if spec.false_negative_bound is not None:  # as run_mining reports it; nothing is promoted without a judge
             found = int(mined.removed[:, mined.removed_keys.index("false_negative")].sum())
             fn = {"mode": spec.false_negatives, "margin": spec.false_negative_bound, "found": found}
