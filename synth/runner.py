@@ -174,7 +174,7 @@ def _run(
         keys = pipeline.chain_keys(recipe, limit, steps, ctx, batch_rows)
         pipeline.prepare_work(work, keys, fresh=not use_cache)
         executor.start(pool)
-        ctx.search = getattr(executor, "search", None)  # Ray: exact search as a map_batches stage
+        ctx.search = executor.search  # Ray: exact search as a map_batches stage; local: None
         docs, source_drops, records = pipeline.read_source(recipe, limit, work / f"source-{keys[0]}", batch_rows)
         ctx.documents = pipeline.final_rows(docs)
         drop_files, extras = [source_drops], []

@@ -18,6 +18,8 @@ EXECUTORS = ("local", "ray")
 
 class Executor(Protocol):
     name: str
+    # Exact top-k over stored corpus vectors on the executor's workers (StepContext.search); None: in-process.
+    search: Callable[..., Any] | None
 
     def start(self, pool: Any) -> None:
         """Called once the run's models (and request cache) exist, before the first step."""

@@ -29,15 +29,11 @@ from synth.mining.search import VectorFile, top_k
 QUERY_CHUNK = 1024  # queries per task: StreamingTopK's own query chunk, so the products are the same
 
 
-def _corpus_view(path: str, rows: int) -> VectorFile:
-    return VectorFile(path).head(rows)
-
-
 def search_chunks(
     batch: dict[str, np.ndarray], *, queries: str, corpus: str, rows: int, k: int, corpus_chunk: int
 ) -> dict[str, np.ndarray]:
     """One Ray Data batch of chunk starts -> (query row, its top-k ids and scores) for every query in them."""
-    query_file, corpus_file = VectorFile(queries), _corpus_view(corpus, rows)
+    query_file, corpus_file = VectorFile(queries), VectorFile(corpus).head(rows)
     out_rows, out_idx, out_scores = [], [], []
     for start in batch["start"].tolist():
         q = query_file.read(start, start + QUERY_CHUNK)
