@@ -83,11 +83,21 @@ def test_new_prompts_are_queued_while_earlier_ones_still_run(vllm_backend: objec
 def test_a_stream_abandoned_midway_leaves_the_engine_clean(vllm_backend: object) -> None:
     """Ctrl-C or an error in the caller: the requests still in flight are aborted, not left to
     surface in the next call (where their ids would be unknown)."""
+    original = vllm_backend.spec  # type: ignore[attr-defined]
     engine = vllm_backend.llm.llm_engine  # type: ignore[attr-defined]
-    stream = vllm_backend.stream([_ask(i) for i in range(8)], PARAMS)  # type: ignore[attr-defined]
-    next(stream)
-    assert engine.has_unfinished_requests()
-    stream.close()
+    # Ten ~1400-token prompts in one window: the scheduler's 4096-token budget prefills two per
+    # step, so they finish in different steps and some are surely still running at the first
+    # reply (eight short prompts could all finish in the same step, leaving nothing to abort).
+    prompts = [
+        [{"role": "user", "content": f"Topic {i}. " + "tea " * 1400 + "Write one search query."}] for i in range(10)
+    ]
+    try:
+        stream = _windowed(vllm_backend, 10).stream(prompts, PARAMS)  # type: ignore[attr-defined]
+        next(stream)
+        assert engine.has_unfinished_requests()
+        stream.close()
+    finally:
+        vllm_backend.spec = original  # type: ignore[attr-defined]
     assert not engine.has_unfinished_requests()
     [reply] = vllm_backend.generate([_ask(1)], PARAMS)  # type: ignore[attr-defined]
     assert reply.error is None and reply.texts
