@@ -8,11 +8,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from synth.steps.filter import FilterStep
-from synth.steps.filter_roundtrip import best_per_group, margins
+from synth.steps.filter_roundtrip import best_per_group
 from synth.steps.filter_spec import FilterSpec
 from tests.conftest import make_ctx, write_recipe
 
@@ -26,18 +25,6 @@ DOCS = [
 def run(rules: list[dict[str, Any]], rows: list[dict[str, Any]], embedder: Any) -> Any:
     step = FilterStep(FilterSpec.model_validate({"name": "best", "rules": rules}))
     return step(rows, make_ctx(DOCS, embedder=embedder))  # type: ignore[arg-type]
-
-
-def test_margins_are_own_score_minus_the_best_other_document() -> None:
-    scores = np.array([[0.5, 0.2, 0.1], [0.3, 0.4, 0.0], [0.6, 0.6, 0.1]], dtype=np.float32)
-    before = scores.copy()
-    own, rank, margin = margins(scores, np.array([0, 0, 1]))
-    assert (scores == before).all(), "the score matrix is restored"
-    assert own.tolist() == pytest.approx([0.5, 0.3, 0.6])
-    assert rank.tolist() == [1, 2, 1]  # a tie is not beaten: rank counts strictly higher scores
-    assert margin.tolist() == pytest.approx([0.3, -0.1, 0.0])
-    _, _, alone = margins(np.array([[0.7]], dtype=np.float32), np.array([0]))
-    assert alone.tolist() == pytest.approx([0.7]), "one document: the margin is the own score"
 
 
 def test_best_per_group_keeps_the_k_highest_and_ties_go_to_the_earlier_row() -> None:

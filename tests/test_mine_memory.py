@@ -105,18 +105,18 @@ def test_a_judge_or_formats_keep_the_in_memory_path() -> None:
     assert MineNegativesStep(MineSpec(name="n")).streams()
 
 
-_PEAK_SCRIPT = """
+# What a peak-memory script (run in a process of its own) starts with: imports taken before the
+# baseline, the seeded texts, and the process's peak RSS in MiB.
+PEAK_PRELUDE = """
 import json, random, sys
 from pathlib import Path
 import numpy, torch  # imported before the baseline is taken (the search uses torch.topk)
 from synth.embedders import HashingEmbedder
 from synth.executors import pipeline
 from synth.executors.shards import ShardSet
-from synth.mining.spec import MineSpec
 from synth.prompts import PromptLibrary
 from synth.specs import EmbedderSpec
 from synth.steps.base import StepContext
-from synth.steps.mine import MineNegativesStep
 
 WORDS = __WORDS__
 
@@ -128,6 +128,13 @@ def hwm():
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) // 1024
+""".replace("__WORDS__", repr(WORDS))
+
+_PEAK_SCRIPT = (
+    PEAK_PRELUDE
+    + """
+from synth.mining.spec import MineSpec
+from synth.steps.mine import MineNegativesStep
 
 folder, n = Path(sys.argv[1]), int(sys.argv[2])
 n_docs = n // 20
@@ -147,7 +154,8 @@ step = MineNegativesStep(MineSpec(name="negatives", num_negatives=1, range_min=3
 before = hwm()
 out = pipeline.run_step(step, ctx, stage, folder / "step", None, lambda *a: None, 1.0, 4096)
 print(json.dumps({"before": before, "after": hwm(), "rows": out.stage.total, "dropped": out.dropped}))
-""".replace("__WORDS__", repr(WORDS))
+"""
+)
 
 
 def test_mining_memory_does_not_grow_with_the_queries(tmp_path: Path) -> None:

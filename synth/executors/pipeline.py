@@ -245,10 +245,10 @@ def run_step(
         pieces += piece_drops
     if tail is not None:
         columns = reads(tail)
-        # A step that can read its input in passes (mining) streams its rows and writes its own drops.
-        streamed = getattr(tail, "stream", None)
+        # A step that can read its input in passes (mining, a round-trip filter) streams its rows
+        # and writes its own drops.
         batches = functools.partial(stage.batches, columns)
-        result = streamed(batches, ctx, folder / "drops-tail.jsonl") if streamed else None
+        result = tail.stream(batches, ctx, folder / "drops-tail.jsonl", stage.total)
         if result is None:
             result = tail(stage.rows(columns), ctx)
             write_rows(folder / "drops-tail.jsonl", result.dropped)

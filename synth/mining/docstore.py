@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def text_hash(text: str) -> int:
@@ -86,3 +88,26 @@ class StoreTexts(Sequence[str]):
                 raise ValueError("only contiguous slices")
             return self.store.texts(start, stop)
         return self.store.text(index)
+
+
+def store_documents(store: DocStore, documents: Iterable[dict[str, Any]]) -> tuple[np.ndarray, ...]:
+    """Documents (`text`, `id`) into `store`; returns (text hash keys, first index with that text),
+    (id hash keys, last index with that id): a dict's way of answering `{id: i}` when ids repeat."""
+    text_hashes, id_hashes = array("Q"), array("Q")
+    for d in documents:
+        text, doc_id = str(d["text"]), str(d["id"])
+        store.add(text, doc_id)
+        text_hashes.append(text_hash(text))
+        id_hashes.append(text_hash(doc_id))
+    th, ih = np.asarray(text_hashes, np.uint64), np.asarray(id_hashes, np.uint64)
+    text_keys, text_first = np.unique(th, return_index=True)
+    id_keys, id_last = np.unique(ih[::-1], return_index=True)
+    return text_keys, text_first.astype(np.int64), id_keys, (len(ih) - 1 - id_last).astype(np.int64)
+
+
+def lookup(keys: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """values[i] where keys[i] == wanted (keys sorted and unique); -1 where absent."""
+    if not len(keys):
+        return np.full(len(wanted), -1, np.int64)
+    pos = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    return np.where(keys[pos] == wanted, values[pos], -1)

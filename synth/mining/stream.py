@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from synth.embedders import Embedder
-from synth.mining.docstore import DocStore, StoreTexts, text_hash
+from synth.mining.docstore import DocStore, StoreTexts, lookup, store_documents, text_hash
 from synth.mining.engine import STREAM_LIMIT, _Docs, _embed_documents, _lowest, split_false_negatives
 from synth.mining.ivf import FaissIndex
 from synth.mining.search import StreamingTopK, VectorFile, embed_to_file, iter_chunks
@@ -41,14 +41,6 @@ Batches = Callable[[], Iterator[list[Row]]]  # a fresh pass over the input rows,
 ExactSearch = Callable[[np.ndarray, VectorFile, int, int], tuple[np.ndarray, np.ndarray]]
 QUERY_BATCH = 16384  # unique queries embedded and searched at once (16 MiB of vectors at dim 256)
 CORPUS_BLOCK = 8192  # documents embedded at once (embed_to_file's block: the same search chunks)
-
-
-def _lookup(keys: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """values[i] where keys[i] == wanted (keys sorted and unique); -1 where absent."""
-    if not len(keys):
-        return np.full(len(wanted), -1, np.int64)
-    pos = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
-    return np.where(keys[pos] == wanted, values[pos], -1)
 
 
 def _csr(group: np.ndarray, value: np.ndarray, order_key: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
@@ -154,16 +146,7 @@ class StreamedMining:
 
     def add_documents(self, documents: Iterable[Row]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Documents into the store; (text hash keys, first index), (id hash keys, last index)."""
-        text_hashes, id_hashes = array("Q"), array("Q")
-        for d in documents:
-            text, doc_id = str(d["text"]), str(d["id"])
-            self.store.add(text, doc_id)
-            text_hashes.append(text_hash(text))
-            id_hashes.append(text_hash(doc_id))
-        th, ih = np.asarray(text_hashes, np.uint64), np.asarray(id_hashes, np.uint64)
-        text_keys, text_first = np.unique(th, return_index=True)  # the first document with a text
-        id_keys, id_last = np.unique(ih[::-1], return_index=True)  # the last with an id (a dict's way)
-        return text_keys, text_first.astype(np.int64), id_keys, (len(ih) - 1 - id_last).astype(np.int64)
+        return store_documents(self.store, documents)  # type: ignore[return-value]
 
     # -- pass 1: rows -> groups --------------------------------------------------------------
 
@@ -183,7 +166,7 @@ class StreamedMining:
                 own_h.append(text_hash(str(own)) if own is not None else 0)
             # positives that are no document, in first-seen order (few: keep their texts)
             got = np.asarray(positive_h[len(positive_h) - len(batch) :], np.uint64)
-            absent = _lookup(text_keys, text_first, got) < 0
+            absent = lookup(text_keys, text_first, got) < 0
             for i in np.flatnonzero(absent):
                 h = int(got[i])
                 if h not in extra:
@@ -198,14 +181,14 @@ class StreamedMining:
         first[first_row] = True
 
         ph = np.asarray(positive_h, np.uint64)
-        positive = _lookup(text_keys, text_first, ph)
+        positive = lookup(text_keys, text_first, ph)
         for i in np.flatnonzero(positive < 0):
             positive[i] = extra[int(ph[i])]
         rows = np.arange(n, dtype=np.int64)
         pos_starts, pos_values = _csr(group, positive, rows, len(first_row))
 
         # excluded: every positive of the group, and each row's own document (by id), as run_mining does
-        own = _lookup(id_keys, id_last, np.asarray(own_h, np.uint64))
+        own = lookup(id_keys, id_last, np.asarray(own_h, np.uint64))
         own[np.asarray(has_own, np.int8) == 0] = -1
         other = np.flatnonzero((own >= 0) & (own != positive))  # usually none: a row's own document is its positive
         ex_starts, ex_values = _csr(group[other], own[other], np.zeros(len(other), np.int64), len(first_row))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -69,6 +69,15 @@ class Step:
 
     def __call__(self, rows: Sequence[Row], ctx: StepContext) -> StepResult:
         raise NotImplementedError
+
+    def stream(
+        self, batches: Callable[[], Iterator[list[Row]]], ctx: StepContext, drops: Path, total: int = 0
+    ) -> StepResult | None:
+        """The step over its input read in passes (`batches()` starts one; `total` rows in all), in
+        bounded memory: a result whose `rows` is an iterator that writes the drop records to `drops`
+        as it goes. None: this step (or this configuration of it) needs every row at once (`__call__`).
+        """
+        return None
 
     def split(self) -> tuple[Step | None, Step | None]:
         """(row-wise head, global tail) of this step: the head runs per batch, the tail on all rows it kept.

@@ -12,9 +12,11 @@ fewer rows. Every removed row becomes a drop record: `step`, `rule` (the rule's 
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from rapidfuzz import fuzz
@@ -24,7 +26,7 @@ from synth.prompts import PromptLibrary
 from synth.steps.base import Row, Step, StepContext, StepResult, stable_hash
 from synth.steps.filter_common import Outcome, record, text_of, words
 from synth.steps.filter_quality import apply_leakage, apply_querylike, apply_repetition, apply_truncated
-from synth.steps.filter_roundtrip import apply_roundtrip
+from synth.steps.filter_roundtrip import apply_roundtrip, roundtrip_rows
 from synth.steps.filter_spec import (
     CopyRule,
     DedupRule,
@@ -219,6 +221,12 @@ RULES: dict[type, Callable[[Any, Sequence[Row], StepContext, str], Outcome]] = {
 }
 
 
+# Rules that judge each row alone with no model call: after a round-trip rule, a streamed filter
+# runs them on its output a chunk at a time (a judge's failures and usage need the whole-list path).
+PER_ROW_RULES = (LengthRule, RegexRule, ScriptRule, CopyRule, RepetitionRule, LeakageRule, TruncatedRule, QueryLikeRule)
+_CHUNK = 4096  # rows per call of a per-row rule after the round trip
+
+
 class FilterStep(Step):
     key = "filter"
     spec_type = FilterSpec
@@ -264,3 +272,68 @@ class FilterStep(Step):
             result.usage.add(outcome.usage)
             result.stats[rule.label] = {"rows_in": rows_in, "rows_out": len(outcome.kept)}
         return result
+
+    def stream(
+        self, batches: Callable[[], Iterator[list[Row]]], ctx: StepContext, drops: Path, total: int = 0
+    ) -> StepResult | None:
+        """The filter over rows read a batch at a time, when it starts with a round-trip rule and only
+        per-row rules follow (the shape of a filter's tail after its row-local head); None otherwise.
+
+        The result's `rows` is an iterator (input order) that writes the drop records to `drops` as
+        it goes and fills the result's stats per rule; rows never sit in one list.
+        """
+        rules = list(self.spec.rules)
+        if (
+            not rules
+            or not isinstance(rules[0], RoundTripRule)
+            or not all(isinstance(r, PER_ROW_RULES) for r in rules[1:])
+        ):
+            return None
+        first = next((b[0] for b in batches() if b), None)
+        if first is not None and (
+            missing := self.missing_columns(first, rules[0].columns(), f", rule {rules[0].label!r}")
+        ):
+            raise ValueError(missing[0])
+        result = StepResult(rows=[])
+        result.rows = self._streamed(rules, batches, ctx, drops, result.stats, total)  # type: ignore[assignment]
+        return result
+
+    def _streamed(
+        self, rules: list[Any], batches: Callable[[], Iterator[list[Row]]], ctx: StepContext, drops: Path,
+        stats: dict[str, Any], total: int,
+    ) -> Iterator[Row]:  # fmt: skip
+        counts = {r.label: {"rows_in": 0, "rows_out": 0} for r in rules}
+        stats.update(counts)
+        drops.parent.mkdir(parents=True, exist_ok=True)
+        with drops.open("w", encoding="utf-8") as f:
+
+            def dropped(record: Row) -> None:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+            def rest(chunk: list[Row]) -> list[Row]:
+                for rule in rules[1:]:
+                    counts[rule.label]["rows_in"] += len(chunk)
+                    outcome = RULES[type(rule)](rule, chunk, ctx, self.name)
+                    for d in outcome.dropped:
+                        dropped(d)
+                    chunk = outcome.kept
+                    counts[rule.label]["rows_out"] += len(chunk)
+                return chunk
+
+            roundtrip = rules[0]
+
+            def counted() -> Iterator[list[Row]]:  # a pass over the input, counting its rows
+                read = 0
+                for batch in batches():
+                    read += len(batch)
+                    yield batch
+                counts[roundtrip.label]["rows_in"] = read
+
+            chunk: list[Row] = []
+            for row in roundtrip_rows(roundtrip, counted, ctx, self.name, dropped, total):
+                counts[roundtrip.label]["rows_out"] += 1
+                chunk.append(row)
+                if len(chunk) >= _CHUNK:
+                    yield from rest(chunk)
+                    chunk = []
+            yield from rest(chunk)

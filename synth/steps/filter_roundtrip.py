@@ -12,131 +12,169 @@ embedder) decides which samples of one passage to keep:
   score high against its near duplicates too; the margin prefers the query that singles out its
   passage among its nearest competitors, which is what a contrastive loss with (mined) negatives
   learns from, and the same quantity GPL's MarginMSE labels use (positive minus negative score).
+
+Memory: rows come a batch at a time (`roundtrip_rows`; the filter step streams them from its
+input shards), the corpus lives on disk (synth/steps/roundtrip_corpus.py), and what is held per
+row is its own passage and margin (16 bytes), only when keeping the best per passage.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import tempfile
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 
 from synth.steps.base import Row, StepContext
 from synth.steps.filter_common import Outcome, record, text_of
 from synth.steps.filter_spec import RoundTripRule
+from synth.steps.roundtrip_corpus import Batches, RoundTripCorpus, scan
 
-_CHUNK = 1024  # queries scored against the corpus per matrix product
-
-
-def _corpus(rule: RoundTripRule, rows: Sequence[Row], ctx: StepContext) -> tuple[list[str], list[int]]:
-    """(corpus texts, each row's own-passage index into them; -1 when it is not in the corpus)."""
-    if rule.corpus == "source":
-        corpus = [text_of(d, "text") for d in ctx.documents]
-        by_id = {str(d["id"]): i for i, d in enumerate(ctx.documents)}
-    else:
-        corpus = list(dict.fromkeys(text_of(r, rule.positive_column) for r in rows))
-        by_id = {}
-    by_text: dict[str, int] = {}
-    for i, t in enumerate(corpus):
-        by_text.setdefault(t, i)
-    targets = []
-    for row in rows:
-        target = by_id.get(text_of(row, rule.id_column))
-        targets.append(target if target is not None else by_text.get(text_of(row, rule.positive_column), -1))
-    return corpus, targets
+QUERY_BATCH = 16384  # queries embedded and scored at once (24 MiB of vectors at dim 384)
+Dropped = Callable[[Row], None]
 
 
-def margins(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per query row of `scores` (queries x documents): own-passage score, its rank (1 = best), and the
-    margin own - best other document (own alone when the corpus holds one document). Every target >= 0."""
-    rows = np.arange(len(targets))
-    own = scores[rows, targets]  # a copy (fancy indexing)
-    rank = np.sum(scores > own[:, None], axis=1) + 1
-    if scores.shape[1] < 2:
-        return own, rank, own.copy()
-    scores[rows, targets] = -np.inf  # in place, then restored: no second queries x corpus matrix
-    best_other = scores.max(axis=1)
-    scores[rows, targets] = own
-    return own, rank, own - best_other
+def roundtrip_rows(
+    rule: RoundTripRule, batches: Batches, ctx: StepContext, step: str, dropped: Dropped, total: int = 0
+) -> Iterator[Row]:
+    """The rows that pass, in input order, with `<label>_rank` and `<label>_margin` columns.
 
-
-def apply_roundtrip(rule: RoundTripRule, rows: Sequence[Row], ctx: StepContext, step: str) -> Outcome:
-    out = Outcome()
-    if not rows:
-        return out
-    corpus, targets = _corpus(rule, rows, ctx)
-    queries = [text_of(r, rule.query_column) for r in rows]
+    `batches()` starts a pass over the input rows (one pass; two with `corpus: positives`); every
+    drop record goes to `dropped`, in row order, the keep-best ones after the misses. `total` (the
+    number of rows, when known) only sizes the progress line.
+    """
     embedder = ctx.embedder(rule.embedder)
-    with ctx.progress.task(f"{step}: round-trip embedding corpus", len(corpus)) as advance:
-        doc_emb = embedder.embed(corpus, role="document", progress=advance)
-    with ctx.progress.task(f"{step}: round-trip embedding queries", len(queries)) as advance:
-        query_emb = embedder.embed(queries, role="query", progress=advance)
-    kept_margin: list[float] = []  # per row of out.kept: its margin and own-passage index
-    kept_target: list[int] = []
-    for start in range(0, len(rows), _CHUNK):
-        chunk = range(start, min(start + _CHUNK, len(rows)))
-        found = [k for k in chunk if targets[k] >= 0]
-        scores = query_emb[found] @ doc_emb.T
-        own, rank, margin = margins(scores, np.asarray([targets[k] for k in found], dtype=np.int64))
-        at = {k: j for j, k in enumerate(found)}
-        for k in chunk:  # drop records in row order
-            row = rows[k]
-            if k not in at:
-                out.dropped.append(
-                    record(step, rule, "positive_not_in_corpus", row, column=rule.query_column, value=queries[k])
-                )
-                continue
-            j = at[k]
-            r, m = int(rank[j]), float(margin[j])
-            if r <= rule.top_k:
-                kept_margin.append(m)
-                kept_target.append(targets[k])
-                out.kept.append({**row, f"{rule.label}_rank": r, f"{rule.label}_margin": round(m, 6)})
-                continue
-            best = int(np.argmax(scores[j]))
-            out.dropped.append(
-                record(
-                    step, rule, "roundtrip_miss", row, column=rule.query_column, value=queries[k], rank=r,
-                    top_k=rule.top_k, positive_score=round(float(own[j]), 6), top_score=round(float(scores[j][best]), 6),
-                    margin=round(m, 6),
-                    top_document=str(ctx.documents[best]["id"]) if rule.corpus == "source" else corpus[best][:200],
-                )
-            )  # fmt: skip
-    if rule.keep_best_per_source is not None:
-        _keep_best(rule, out, kept_margin, kept_target, step)
-    return out
+
+    def embed(texts: Sequence[str]) -> np.ndarray:
+        return embedder.embed(list(texts), role="document")
+
+    with tempfile.TemporaryDirectory(prefix="synth-roundtrip-") as tmp:
+        folder = Path(tmp)
+        size = len(ctx.documents) if rule.corpus == "source" else 0
+        with ctx.progress.task(f"{step}: round-trip embedding corpus", size) as advance:
+            if rule.corpus == "source":
+                corpus = RoundTripCorpus.of_documents(ctx.documents, folder, embed, advance)
+            else:
+                corpus = RoundTripCorpus.of_positives(batches, rule.positive_column, folder, embed, advance)
+        try:
+            with ctx.progress.task(f"{step}: round-trip scoring queries", total) as advance:
+                passed = _passed(rule, corpus, batches, ctx, step, dropped, advance)
+                if rule.keep_best_per_source is None:
+                    yield from (row for row, _, _ in passed)
+                else:
+                    yield from _keep_best(rule, passed, folder / "passed.jsonl", step, dropped)
+        finally:
+            corpus.close()
+
+
+def _passed(
+    rule: RoundTripRule,
+    corpus: RoundTripCorpus,
+    batches: Batches,
+    ctx: StepContext,
+    step: str,
+    dropped: Dropped,
+    advance: Callable[[int], None],
+) -> Iterator[tuple[Row, int, float]]:
+    """(row with rank and margin, own passage, margin) of every row within `top_k`; the others dropped."""
+    embedder = ctx.embedder(rule.embedder)
+    for batch in batches():
+        for start in range(0, len(batch), QUERY_BATCH):
+            rows = batch[start : start + QUERY_BATCH]
+            targets = corpus.targets(rows, rule.id_column, rule.positive_column)
+            found = np.flatnonzero(targets >= 0)
+            queries = [text_of(rows[k], rule.query_column) for k in found]
+            if corpus.vectors is not None and len(found):
+                vectors = embedder.embed(queries, role="query")
+                result = scan(vectors, targets[found], corpus.vectors)
+            at = {int(k): j for j, k in enumerate(found)}
+            for k, row in enumerate(rows):  # drop records in row order
+                query = text_of(row, rule.query_column)
+                if k not in at:
+                    dropped(record(step, rule, "positive_not_in_corpus", row, column=rule.query_column, value=query))
+                    continue
+                j = at[k]
+                rank, margin = int(result.rank[j]), float(result.margin[j])
+                if rank <= rule.top_k:
+                    scored = {**row, f"{rule.label}_rank": rank, f"{rule.label}_margin": round(margin, 6)}
+                    yield scored, int(targets[k]), margin
+                    continue
+                dropped(
+                    record(
+                        step, rule, "roundtrip_miss", row, column=rule.query_column, value=query, rank=rank,
+                        top_k=rule.top_k, positive_score=round(float(result.own[j]), 6),
+                        top_score=round(float(result.best_other[j]), 6), margin=round(margin, 6),
+                        top_document=corpus.name(int(result.best_other_index[j])),
+                    )
+                )  # fmt: skip
+            advance(len(rows))
 
 
 def best_per_group(groups: Sequence[int], scores: Sequence[float], k: int) -> list[bool]:
     """Which items to keep: the `k` highest scores of each group; ties go to the earlier item."""
-    keep = [False] * len(groups)
-    members: dict[int, list[int]] = {}
-    for i, g in enumerate(groups):
-        members.setdefault(g, []).append(i)
-    for items in members.values():
-        for i in sorted(items, key=lambda i: (-scores[i], i))[:k]:
-            keep[i] = True
-    return keep
+    return (_group_positions(np.asarray(groups, np.int64), np.asarray(scores, np.float64)) < k).tolist()
 
 
-def _keep_best(rule: RoundTripRule, out: Outcome, margin: list[float], target: list[int], step: str) -> None:
-    """Keep the `keep_best_per_source` rows with the largest margin per own passage; record the others."""
+def _group_positions(groups: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Each item's place in its group, best score first (ties: the earlier item first); 0 = the best."""
+    if not len(groups):
+        return np.zeros(0, np.int64)
+    order = np.lexsort((np.arange(len(groups)), -scores, groups))
+    sorted_groups = groups[order]
+    first = np.r_[0, np.flatnonzero(np.diff(sorted_groups)) + 1]
+    starts = np.repeat(first, np.diff(np.r_[first, len(order)]))
+    positions = np.empty(len(order), np.int64)
+    positions[order] = np.arange(len(order)) - starts
+    return positions
+
+
+def _keep_best(
+    rule: RoundTripRule, passed: Iterator[tuple[Row, int, float]], spill: Path, step: str, dropped: Dropped
+) -> Iterator[Row]:
+    """Of the rows that passed, the `keep_best_per_source` with the largest margin per own passage.
+
+    The rows wait in a file (`spill`) until every margin is known; memory holds 16 bytes a row.
+    """
     k = rule.keep_best_per_source or 0
-    keep = best_per_group(target, margin, k)
-    winner: dict[int, int] = {}  # own passage -> index of its best row
-    for i, t in enumerate(target):
-        if t not in winner or margin[i] > margin[winner[t]]:
-            winner[t] = i
-    survivors = []
-    for i, row in enumerate(out.kept):
-        if keep[i]:
-            survivors.append(row)
-            continue
-        best = winner[target[i]]
-        out.dropped.append(
-            record(
-                step, rule, "roundtrip_not_best", row, column=rule.query_column, value=text_of(row, rule.query_column),
-                margin=round(margin[i], 6), best_margin=round(margin[best], 6), keep_best_per_source=k,
-                best_query=text_of(out.kept[best], rule.query_column),
-            )
-        )  # fmt: skip
-    out.kept = survivors
+    targets, margins = array("q"), array("d")
+    with spill.open("w", encoding="utf-8") as f:
+        for row, target, margin in passed:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            targets.append(target)
+            margins.append(margin)
+    groups, scores = np.asarray(targets, np.int64), np.asarray(margins, np.float64)
+    positions = _group_positions(groups, scores)
+    winners = np.flatnonzero(positions == 0)
+    winner_of = dict(zip(groups[winners].tolist(), winners.tolist(), strict=True))  # passage -> best row
+    crowded = set(groups[positions >= k].tolist())  # passages with a dropped row: their best query is named
+    best_query: dict[int, str] = {}
+    with spill.open(encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if positions[i] == 0 and int(groups[i]) in crowded:
+                best_query[int(groups[i])] = text_of(json.loads(line), rule.query_column)
+    with spill.open(encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            row = json.loads(line)
+            if positions[i] < k:
+                yield row
+                continue
+            best = winner_of[int(groups[i])]
+            dropped(
+                record(
+                    step, rule, "roundtrip_not_best", row, column=rule.query_column,
+                    value=text_of(row, rule.query_column), margin=round(float(scores[i]), 6),
+                    best_margin=round(float(scores[best]), 6), keep_best_per_source=k,
+                    best_query=best_query[int(groups[i])],
+                )
+            )  # fmt: skip
+
+
+def apply_roundtrip(rule: RoundTripRule, rows: Sequence[Row], ctx: StepContext, step: str) -> Outcome:
+    """The rule over rows already in memory (a filter whose earlier rules needed every row)."""
+    out = Outcome()
+    if rows:
+        out.kept = list(roundtrip_rows(rule, lambda: iter([list(rows)]), ctx, step, out.dropped.append, len(rows)))
+    return out

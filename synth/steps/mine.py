@@ -77,7 +77,7 @@ class MineNegativesStep(Step):
         guarded = spec.near_duplicate_ratio is not None or spec.near_duplicate_cosine is not None
         return not (spec.scorers or spec.formats or guarded or column_corpus)
 
-    def stream(self, batches: Batches, ctx: StepContext, drops: Path) -> StepResult | None:
+    def stream(self, batches: Batches, ctx: StepContext, drops: Path, total: int = 0) -> StepResult | None:
         """The step over rows it reads from its input a pass at a time (`batches()` starts one), in
         bounded memory; None when it cannot (see `streams`). The result's `rows` is an iterator
         (the output rows, in input order) that writes the drop records to `drops` as it goes.
