@@ -18,12 +18,15 @@ Variants:
   corpus-aware step: what the streaming runner itself costs;
 - `mine`: `stream`, then the recipe's mine_negatives step as shipped (exact search): what mining
   adds, without the round-trip rule's second full search.
+- `roundtrip`: `stream` with the recipe's round-trip rule at the end of the filter (exact search,
+  top_k 20), no mining: what the round-trip rule adds.
 
 Baseline: the committed code (`git archive HEAD` into --baseline-dir), on the sizes it survives.
 
   python benchmarks/scale.py --sizes 10000 100000 --variant full --code new head
   python benchmarks/scale.py --sizes 10000 100000 1000000 --variant runner --code new
   python benchmarks/scale.py --sizes 10000 100000 --variant mine --code head new
+  python benchmarks/scale.py --sizes 10000 100000 --variant roundtrip --code head new
 """
 
 from __future__ import annotations
@@ -62,7 +65,13 @@ MINE_ONLY = [  # the `stream` steps, then the recipe's mine_negatives step as sh
     " {mine_negatives: {name: negatives, query_column: query, positive_column: text, num_negatives: 1,"
     " range_min: 3, range_max: 30, relative_margin: 0.05}}]",
 ]
-VARIANTS = {"full": [], "runner": RUNNER_ONLY, "stream": STREAM_ONLY, "mine": MINE_ONLY}
+ROUNDTRIP_ONLY = [  # the `stream` steps with the recipe's round-trip rule last in the filter (exact search)
+    "steps=[{generate: {name: queries, template: query.j2, each: {style: [question, keywords]}, output: query}},"
+    " {filter: {name: quality, rules: [{rule: length, column: query, min_chars: 8, max_chars: 200},"
+    " {rule: copy, column: query, source_column: text}, {rule: dedup, column: query, scope: source},"
+    " {rule: roundtrip, query_column: query, positive_column: text, top_k: 20}]}}]",
+]
+VARIANTS = {"full": [], "runner": RUNNER_ONLY, "stream": STREAM_ONLY, "mine": MINE_ONLY, "roundtrip": ROUNDTRIP_ONLY}
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
 
