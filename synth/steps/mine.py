@@ -81,6 +81,7 @@ class MineNegativesStep(Step):
         """The step over rows it reads from its input a pass at a time (`batches()` starts one), in
         bounded memory; None when it cannot (see `streams`). The result's `rows` is an iterator
         (the output rows, in input order) that writes the drop records to `drops` as it goes.
+        `total` (the input's rows) sizes the grouping pass's progress line.
         """
         if not self.streams():
             return None
@@ -108,8 +109,16 @@ class MineNegativesStep(Step):
                 assert isinstance(spec.corpus, CorpusSpec) and spec.corpus.path is not None
                 c = spec.corpus
                 docs, _ = load_documents(c.path, c.format, c.text_column, c.id_column)
-            plan = mining.plan_rows(batches, mining.add_documents(docs))
+            documents = mining.add_documents(docs)
             del docs
+            with ctx.progress.task(f"{self.name}: grouping rows", total) as advance:  # ~1 min at 2M rows
+
+                def counted() -> Iterator[list[Row]]:
+                    for batch in batches():
+                        yield batch
+                        advance(len(batch))
+
+                plan = mining.plan_rows(counted, documents)
             mined = mining.run(batches)
         except BaseException:
             mining.close()
