@@ -78,6 +78,30 @@ def test_leakage_rule_follows_the_each_value_of_the_row() -> None:
     assert result.rows == [] and result.dropped[0]["examples"] == ["Why does honey never spoil?"]
 
 
+def test_leakage_rule_reads_a_plain_text_templates_examples_after_its_answer_prefix() -> None:
+    """query_inpars.j2 (for base models such as gemma3-270m) is one user message: its few-shot answers
+    follow `Query:`. Without `answer_prefix` the rule would see no example and drop nothing, so
+    validation names it. The leaked replies are Gemma 3 270M's own, from the issue-18 benchmark."""
+
+    rows = [
+        {"query": "great wall visible from orbit", "text": LIVER, "style": "keywords"},
+        {"query": "vitamin d winter deficiency", "text": LIVER, "style": "keywords"},
+        {"query": "liver glucose regulation", "text": LIVER, "style": "keywords"},
+    ]
+    rule = {"rule": "leakage", "template": "query_inpars.j2", "answer_prefix": "Query:"}
+    result = run([rule], rows)
+    assert [r["query"] for r in result.rows] == ["liver glucose regulation"]
+    assert [d["reason"] for d in result.dropped] == ["fewshot_leak", "fewshot_leak"]
+    assert "great wall visible from orbit" in result.dropped[0]["examples"] and len(result.dropped[0]["examples"]) == 3
+    step = FilterStep(FilterSpec.model_validate({"name": "quality", "rules": [{**rule, "answer_prefix": None}]}))
+    [problem] = step.problems(rows[0], PromptLibrary(None))
+    assert "shows no few-shot answer" in problem and "answer_prefix" in problem
+    assert (
+        FilterStep(FilterSpec.model_validate({"name": "q", "rules": [rule]})).problems(rows[0], PromptLibrary(None))
+        == []
+    )
+
+
 # --- truncated replies: the finish reason travels from the backend (or the cache) to a row column ---
 
 

@@ -25,7 +25,13 @@ from synth.dedup import find_duplicates, normalize
 from synth.prompts import PromptLibrary
 from synth.steps.base import Row, Step, StepContext, StepResult, stable_hash
 from synth.steps.filter_common import Outcome, record, text_of, words
-from synth.steps.filter_quality import apply_leakage, apply_querylike, apply_repetition, apply_truncated
+from synth.steps.filter_quality import (
+    apply_leakage,
+    apply_querylike,
+    apply_repetition,
+    apply_truncated,
+    fewshot_answers,
+)
 from synth.steps.filter_roundtrip import apply_roundtrip, roundtrip_rows
 from synth.steps.filter_spec import (
     CopyRule,
@@ -253,9 +259,15 @@ class FilterStep(Step):
                     judge_variables(rule, row) if isinstance(rule, JudgeRule) else {**row, **rule.vars, "row": row}
                 )
                 try:
-                    prompts.render(rule.template, variables, "0")
+                    messages = prompts.render(rule.template, variables, "0")
                 except ValueError as e:
                     problems.append(f"step {self.name!r}, rule {rule.label!r}: {e}")
+                    continue
+                if isinstance(rule, LeakageRule) and not fewshot_answers(messages, rule.answer_prefix):
+                    problems.append(
+                        f"step {self.name!r}, rule {rule.label!r}: template {rule.template!r} shows no few-shot "
+                        "answer (no assistant turn); for a plain-text template set `answer_prefix` (e.g. 'Query:')"
+                    )
         return problems
 
     def __call__(self, rows: Sequence[Row], ctx: StepContext) -> StepResult:

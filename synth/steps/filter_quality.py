@@ -67,13 +67,22 @@ def echoed_prefix(reply: str, examples: Sequence[str], passage: str) -> list[str
     return best
 
 
+def fewshot_answers(messages: Sequence[dict[str, str]], answer_prefix: str | None) -> list[str]:
+    """A rendered prompt's few-shot answers: its assistant turns; with `answer_prefix`, the rest of
+    every line that starts with it (a plain-text template; the empty last cue is the model's turn)."""
+    if answer_prefix is None:
+        return [m["content"] for m in messages if m["role"] == "assistant"]
+    lines = (line for m in messages for line in m["content"].splitlines())
+    return [a for line in lines if line.startswith(answer_prefix) and (a := line[len(answer_prefix) :].strip())]
+
+
 def apply_leakage(rule: LeakageRule, rows: Sequence[Row], ctx: StepContext, step: str) -> Outcome:
     out = Outcome()
     for i, row in enumerate(rows):
         messages = ctx.prompts.render(
             rule.template, {**row, **rule.vars, "row": row}, f"{i} (id={row.get('source_id')})"
         )
-        examples = [m["content"] for m in messages if m["role"] == "assistant"]
+        examples = fewshot_answers(messages, rule.answer_prefix)
         text, passage = text_of(row, rule.column), text_of(row, rule.source_column)
         leaked = leaked_words(text, examples, passage)
         share = round(len(leaked) / max(1, len(words(text))), 4)

@@ -166,8 +166,9 @@ class LeakageRule(_Rule):
     """Drop replies that copy the prompt's few-shot example instead of answering about the passage.
 
     Small models often echo the example answer ("honey shelf life ..."). The rule renders the
-    step's template for the row, takes its assistant turns (the few-shot answers), and measures
-    the share of the reply's words that come from an example but not from the passage.
+    step's template for the row, takes its few-shot answers (its assistant turns, or the lines
+    after `answer_prefix`), and measures the share of the reply's words that come from an example
+    but not from the passage.
     """
 
     rule: Literal["leakage"]
@@ -180,6 +181,9 @@ class LeakageRule(_Rule):
     # an echo with a real query glued on ("honey shelf life bacteria gemcitabine erlotinib ..."); None: off.
     prefix_words: int | None = Field(default=3, ge=1)
     vars: dict[str, Any] = Field(default_factory=dict)  # extra template variables (as the generate step's)
+    # A plain-text few-shot template (a base model's, e.g. query_inpars.j2) has no assistant turns:
+    # its examples are the rest of each rendered line that starts with this cue ("Query:").
+    answer_prefix: str | None = None
 
     def columns(self) -> list[str]:
         return [self.column, self.source_column]
