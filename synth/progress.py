@@ -135,10 +135,10 @@ class _Stage:
         working = max(elapsed - self.paused, 1e-9)
         done = int(self.done) if float(self.done).is_integer() else round(self.done, 1)
         rate = self.done / working
-        parts = [f"{done}/{self.total}"]
+        parts = [f"{done}/{self.total}" if self.total else f"{done}"]  # total 0: not known up front
         if self.total and not final:
             parts[0] += f" ({100 * min(self.done / self.total, 1):.0f}%)"
-        if self.done and self.total > 1:
+        if self.done and self.total != 1:
             parts.append(f"{_rate(rate)}/s")
         if self.tokens:
             parts.append(f"{_rate(self.tokens / working)} tok/s")

@@ -56,6 +56,18 @@ def test_plain_progress_prints_start_periodic_and_final_lines_with_rates_and_eta
     assert len(lines) == 3
 
 
+def test_a_stage_of_unknown_size_prints_its_count_and_rate_without_a_total() -> None:
+    """A streamed step called without the row count (total 0) must not print `n/0`."""
+    clock, lines = Clock(), []
+    progress = PlainProgress(lines.append, interval=10, clock=clock)
+    with progress.task("quality: round-trip scoring queries", 0) as advance:
+        advance(30)
+        clock.now += 10
+        progress.tick()
+        assert lines[-1] == "quality: round-trip scoring queries: 30, 3.00/s, elapsed 10s"
+    assert lines[-1] == "quality: round-trip scoring queries: done 30, 3.00/s in 10s"
+
+
 def test_a_nested_stage_pauses_the_outer_one_and_only_the_innermost_reports() -> None:
     clock, lines = Clock(), []
     progress = PlainProgress(lines.append, interval=10, clock=clock)
