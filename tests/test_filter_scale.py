@@ -8,10 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from synth.steps.filter import FilterStep
-from synth.steps.filter_roundtrip import best_per_group
+from synth.steps.filter_roundtrip import group_positions
 from synth.steps.filter_spec import FilterSpec
 from tests.conftest import make_ctx, write_recipe
 
@@ -29,9 +30,10 @@ def run(rules: list[dict[str, Any]], rows: list[dict[str, Any]], embedder: Any) 
 
 def test_best_per_group_keeps_the_k_highest_and_ties_go_to_the_earlier_row() -> None:
     groups, scores = [0, 0, 0, 1, 1, 2], [0.1, 0.3, 0.3, -0.2, 0.05, -0.5]
-    assert best_per_group(groups, scores, 1) == [False, True, False, False, True, True]
-    assert best_per_group(groups, scores, 2) == [False, True, True, True, True, True]
-    assert best_per_group([], [], 1) == []
+    positions = group_positions(np.asarray(groups), np.asarray(scores))
+    assert (positions < 1).tolist() == [False, True, False, False, True, True]
+    assert (positions < 2).tolist() == [False, True, True, True, True, True]
+    assert group_positions(np.zeros(0, np.int64), np.zeros(0)).tolist() == []
 
 
 def test_keep_best_per_source_prefers_the_query_that_singles_out_its_passage(hashing_embedder: Any) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from synth.embedders import Embedder
 from synth.steps.base import Row, StepContext
 from synth.steps.filter_common import Outcome, record, text_of
 from synth.steps.filter_spec import RoundTripRule
@@ -61,7 +62,7 @@ def roundtrip_rows(
                 corpus = RoundTripCorpus.of_positives(batches, rule.positive_column, folder, embed, advance)
         try:
             with ctx.progress.task(f"{step}: round-trip scoring queries", total) as advance:
-                passed = _passed(rule, corpus, batches, ctx, step, dropped, advance)
+                passed = _passed(rule, corpus, embedder, batches, step, dropped, advance)
                 if rule.keep_best_per_source is None:
                     yield from (row for row, _, _ in passed)
                 else:
@@ -73,14 +74,13 @@ def roundtrip_rows(
 def _passed(
     rule: RoundTripRule,
     corpus: RoundTripCorpus,
+    embedder: Embedder,
     batches: Batches,
-    ctx: StepContext,
     step: str,
     dropped: Dropped,
     advance: Callable[[int], None],
 ) -> Iterator[tuple[Row, int, float]]:
     """(row with rank and margin, own passage, margin) of every row within `top_k`; the others dropped."""
-    embedder = ctx.embedder(rule.embedder)
     for batch in batches():
         for start in range(0, len(batch), QUERY_BATCH):
             rows = batch[start : start + QUERY_BATCH]
@@ -113,13 +113,9 @@ def _passed(
             advance(len(rows))
 
 
-def best_per_group(groups: Sequence[int], scores: Sequence[float], k: int) -> list[bool]:
-    """Which items to keep: the `k` highest scores of each group; ties go to the earlier item."""
-    return (_group_positions(np.asarray(groups, np.int64), np.asarray(scores, np.float64)) < k).tolist()
-
-
-def _group_positions(groups: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Each item's place in its group, best score first (ties: the earlier item first); 0 = the best."""
+def group_positions(groups: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Each item's place in its group, best score first (ties: the earlier item first); 0 = the best,
+    so `< k` keeps the k best of each group."""
     if not len(groups):
         return np.zeros(0, np.int64)
     order = np.lexsort((np.arange(len(groups)), -scores, groups))
@@ -146,7 +142,7 @@ def _keep_best(
             targets.append(target)
             margins.append(margin)
     groups, scores = np.asarray(targets, np.int64), np.asarray(margins, np.float64)
-    positions = _group_positions(groups, scores)
+    positions = group_positions(groups, scores)
     winners = np.flatnonzero(positions == 0)
     winner_of = dict(zip(groups[winners].tolist(), winners.tolist(), strict=True))  # passage -> best row
     crowded = set(groups[positions >= k].tolist())  # passages with a dropped row: their best query is named
