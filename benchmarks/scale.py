@@ -20,6 +20,8 @@ Variants:
   adds, without the round-trip rule's second full search.
 - `roundtrip`: `stream` with the recipe's round-trip rule at the end of the filter (exact search,
   top_k 20), no mining: what the round-trip rule adds.
+- `dedup`: `stream` with a `dedup` rule of `scope: all` (MinHash LSH, threshold 92) at the end of
+  the filter: what a global near-duplicate pass adds.
 
 Baseline: the committed code (`git archive HEAD` into --baseline-dir), on the sizes it survives.
 
@@ -27,6 +29,7 @@ Baseline: the committed code (`git archive HEAD` into --baseline-dir), on the si
   python benchmarks/scale.py --sizes 10000 100000 1000000 --variant runner --code new
   python benchmarks/scale.py --sizes 10000 100000 --variant mine --code head new
   python benchmarks/scale.py --sizes 10000 100000 --variant roundtrip --code head new
+  python benchmarks/scale.py --sizes 10000 100000 --variant dedup --code head new
 """
 
 from __future__ import annotations
@@ -71,7 +74,20 @@ ROUNDTRIP_ONLY = [  # the `stream` steps with the recipe's round-trip rule last 
     " {rule: copy, column: query, source_column: text}, {rule: dedup, column: query, scope: source},"
     " {rule: roundtrip, query_column: query, positive_column: text, top_k: 20}]}}]",
 ]
-VARIANTS = {"full": [], "runner": RUNNER_ONLY, "stream": STREAM_ONLY, "mine": MINE_ONLY, "roundtrip": ROUNDTRIP_ONLY}
+DEDUP_ALL = [  # the `stream` steps with a global near-duplicate rule last in the filter
+    "steps=[{generate: {name: queries, template: query.j2, each: {style: [question, keywords]}, output: query}},"
+    " {filter: {name: quality, rules: [{rule: length, column: query, min_chars: 8, max_chars: 200},"
+    " {rule: copy, column: query, source_column: text}, {rule: dedup, column: query, scope: source},"
+    " {rule: dedup, name: dedup_all, column: query, scope: all}]}}]",
+]
+VARIANTS = {
+    "full": [],
+    "runner": RUNNER_ONLY,
+    "stream": STREAM_ONLY,
+    "mine": MINE_ONLY,
+    "roundtrip": ROUNDTRIP_ONLY,
+    "dedup": DEDUP_ALL,
+}
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
 

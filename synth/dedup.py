@@ -18,13 +18,19 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rapidfuzz import fuzz, process
 
+from synth.mining.docstore import text_hash
+
 _PUNCT = re.compile(r"[^\w\s]+")
 _SPACE = re.compile(r"\s+")
 _MASK64 = (1 << 64) - 1
+_SIGN_CHUNK = 16384  # texts hashed and MinHash-signed at once
+_VERIFY_CHUNK = 262144  # candidate pairs whose texts are read and scored at once
 
 
 def normalize(text: str) -> str:
@@ -93,20 +99,67 @@ def minhash_signatures(texts: Sequence[str], num_perm: int = 64, q: int = 3, see
     return sig
 
 
+class _BandKeys:
+    """The LSH key of each text in each band, filled a chunk of texts at a time, read a band at a time.
+
+    In memory, or with `folder` in a file there (8 bytes per text and band on disk; a plain file,
+    not a memory map, so only the band being read counts toward the process's memory).
+    """
+
+    def __init__(self, bands: int, n: int, folder: Path | None) -> None:
+        self.n = n
+        self.file = (folder / "band_keys.bin").open("w+b") if folder is not None else None
+        self.memory = np.empty((bands, n), np.uint64) if folder is None else None
+
+    def put(self, band: int, start: int, keys: np.ndarray) -> None:
+        if self.memory is not None:
+            self.memory[band, start : start + len(keys)] = keys
+        else:
+            assert self.file is not None
+            self.file.seek((band * self.n + start) * 8)
+            self.file.write(keys.astype(np.uint64).tobytes())
+
+    def band(self, band: int) -> np.ndarray:
+        if self.memory is not None:
+            return self.memory[band]
+        assert self.file is not None
+        self.file.flush()
+        return np.fromfile(self.file.name, dtype=np.uint64, count=self.n, offset=band * self.n * 8)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def _band_keys(
+    texts: Sequence[str], bands: int, rows_per_band: int, keys_dir: Path | None
+) -> tuple[_BandKeys, np.ndarray]:
+    """(each text's LSH key per band, each text's length), MinHash-signed a chunk of texts at a time."""
+    n = len(texts)
+    keys = _BandKeys(bands, n, keys_dir)
+    lengths = np.empty(n, np.int64)
+    mix = np.array([0x9E3779B97F4A7C15 >> k for k in range(rows_per_band)], dtype=np.uint64) | np.uint64(1)
+    for start in range(0, n, _SIGN_CHUNK):
+        chunk = list(texts[start : start + _SIGN_CHUNK])
+        lengths[start : start + len(chunk)] = [len(t) for t in chunk]
+        sig = minhash_signatures(chunk, num_perm=bands * rows_per_band)
+        with np.errstate(over="ignore"):
+            for band in range(bands):
+                keys.put(band, start, (sig[:, band * rows_per_band : (band + 1) * rows_per_band] * mix).sum(axis=1))
+    return keys, lengths
+
+
 def _lsh_pairs(
-    texts: Sequence[str], threshold: float, bands: int, rows_per_band: int, max_bucket: int
+    texts: Sequence[str], threshold: float, bands: int, rows_per_band: int, max_bucket: int, keys_dir: Path | None
 ) -> tuple[np.ndarray, int]:
     """Candidate pairs from MinHash bands, verified with fuzz.ratio; returns ([i, j, score] rows, #scored)."""
     n = len(texts)
-    sig = minhash_signatures(texts, num_perm=bands * rows_per_band)
-    lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=n)
+    band_keys, lengths = _band_keys(texts, bands, rows_per_band, keys_dir)
     candidates: list[np.ndarray] = []
     verified: list[np.ndarray] = []
     scored = 0
-    mix = np.array([0x9E3779B97F4A7C15 >> k for k in range(rows_per_band)], dtype=np.uint64) | np.uint64(1)
     for band in range(bands):
-        with np.errstate(over="ignore"):
-            keys = (sig[:, band * rows_per_band : (band + 1) * rows_per_band] * mix).sum(axis=1)
+        keys = band_keys.band(band)
         order = np.argsort(keys, kind="stable")
         cut = np.flatnonzero(np.diff(keys[order])) + 1
         starts = np.concatenate([[0], cut])
@@ -116,7 +169,7 @@ def _lsh_pairs(
             if size > max_bucket:  # one big block: let cdist score it in C++ with both cores
                 for s in run_starts.tolist():
                     members = np.sort(order[s : s + size])
-                    pairs, count = _exhaustive_pairs([texts[i] for i in members], threshold)
+                    pairs, count = _exhaustive_pairs([texts[i] for i in members.tolist()], threshold)
                     scored += count
                     i, j = pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
                     verified.append(np.stack([members[i], members[j], pairs[:, 2]], axis=1))
@@ -129,10 +182,11 @@ def _lsh_pairs(
             short, long_ = np.minimum(lengths[lo], lengths[hi]), np.maximum(lengths[lo], lengths[hi])
             possible = short * (200 - threshold) >= long_ * threshold
             candidates.append(lo[possible] * n + hi[possible])
-    if candidates:
-        codes = np.unique(np.concatenate(candidates))
-        lo, hi = codes // n, codes % n
-        scored += len(codes)
+    band_keys.close()
+    codes = np.unique(np.concatenate(candidates)) if candidates else np.zeros(0, np.int64)
+    scored += len(codes)
+    for start in range(0, len(codes), _VERIFY_CHUNK):  # the texts of a chunk of pairs at a time
+        lo, hi = codes[start : start + _VERIFY_CHUNK] // n, codes[start : start + _VERIFY_CHUNK] % n
         scores = process.cpdist(
             [texts[a] for a in lo.tolist()],
             [texts[b] for b in hi.tolist()],
@@ -172,29 +226,42 @@ def find_duplicates(
     rows_per_band: int = 5,
     max_bucket: int = 512,
     word_guard: bool = True,
+    normalized: bool = False,
+    keys_dir: Path | None = None,
 ) -> tuple[list[Duplicate], DedupStats]:
     """Duplicates to drop, first occurrence kept. `threshold` is a rapidfuzz ratio (0-100).
 
     With `word_guard`, a near pair must also pass `same_words` (no content word swapped).
+    `normalized`: `texts` are already `normalize`d and may be a view of texts on disk (read by
+    index and by slice, see synth/steps/filter_dedup.py); memory then holds 8-byte keys per text and,
+    with `keys_dir`, the MinHash band keys live on disk there.
     """
-    norm = [normalize(t) for t in texts]
-    stats = DedupStats(rows=len(texts))
-    first: dict[str, int] = {}
+    norm: Sequence[str] = texts if normalized else [normalize(t) for t in texts]
+    stats = DedupStats(rows=len(norm))
     dups: list[Duplicate] = []
-    for i, t in enumerate(norm):
-        j = first.setdefault(t, i)
-        if j != i:
+    hashes = np.empty(len(norm), np.uint64)
+    for start in range(0, len(norm), _SIGN_CHUNK):
+        chunk = norm[start : start + _SIGN_CHUNK]
+        hashes[start : start + len(chunk)] = [text_hash(t) for t in chunk]
+    _, first_of_key, key_of = np.unique(hashes, return_index=True, return_inverse=True)
+    first = first_of_key[key_of.reshape(-1)]  # each text's first occurrence of its key
+    is_rep = first == np.arange(len(norm))
+    for i in np.flatnonzero(~is_rep).tolist():
+        j = int(first[i])
+        if norm[i] == norm[j]:
             dups.append(Duplicate(i, j, 100.0, True))
+        else:  # a 64-bit collision (about n^2 / 2^65): both texts stay
+            is_rep[i] = True
     stats.exact = len(dups)
-    reps = sorted(first.values())
+    reps = np.flatnonzero(is_rep)
     if threshold >= 100 or len(reps) < 2:
         return dups, stats
-    rep_texts = [norm[i] for i in reps]
+    rep_texts: Sequence[str] = _Subset(norm, reps) if normalized else [norm[i] for i in reps.tolist()]
     if len(reps) < exhaustive_below:
-        pairs, stats.candidate_pairs = _exhaustive_pairs(rep_texts, threshold)
+        pairs, stats.candidate_pairs = _exhaustive_pairs(list(rep_texts), threshold)
     else:
         stats.exhaustive = False
-        pairs, stats.candidate_pairs = _lsh_pairs(rep_texts, threshold, bands, rows_per_band, max_bucket)
+        pairs, stats.candidate_pairs = _lsh_pairs(rep_texts, threshold, bands, rows_per_band, max_bucket, keys_dir)
     # Visit pairs by the later row; it is dropped if it matches a row that is still kept.
     order = np.lexsort((pairs[:, 0], pairs[:, 1])) if len(pairs) else []
     dropped: set[int] = set()
@@ -205,7 +272,22 @@ def find_duplicates(
         if word_guard and not same_words(rep_texts[i], rep_texts[j]):
             continue
         dropped.add(j)
-        dups.append(Duplicate(reps[j], reps[i], round(score, 2), False))
+        dups.append(Duplicate(int(reps[j]), int(reps[i]), round(score, 2), False))
     stats.near = len(dups) - stats.exact
     dups.sort(key=lambda d: d.index)
     return dups, stats
+
+
+class _Subset(Sequence[str]):
+    """texts[indices[k]] for k, read by index or slice: the exact-duplicate representatives of a view on disk."""
+
+    def __init__(self, texts: Sequence[str], indices: np.ndarray) -> None:
+        self.texts, self.indices = texts, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: Any) -> Any:  # type: ignore[override]
+        if isinstance(k, slice):
+            return [self.texts[i] for i in self.indices[k].tolist()]
+        return self.texts[int(self.indices[k])]

@@ -125,7 +125,7 @@ def test_the_streamed_filter_equals_the_whole_list_filter(
         assert "positive_not_in_corpus" in reasons and any(r["_synth_row"] == 8 for r in want.rows + want.dropped)
 
 
-def test_only_a_round_trip_followed_by_per_row_rules_streams(hashing_embedder: Any) -> None:
+def test_every_rule_but_the_judge_streams(hashing_embedder: Any) -> None:
     def streams(rules: list[dict[str, Any]]) -> bool:
         step = FilterStep(FilterSpec.model_validate({"name": "f", "rules": rules}))
         return (
@@ -133,9 +133,10 @@ def test_only_a_round_trip_followed_by_per_row_rules_streams(hashing_embedder: A
         )  # type: ignore[arg-type]
 
     assert streams([{"rule": "roundtrip"}, {"rule": "length"}, {"rule": "copy"}])
-    assert not streams([{"rule": "dedup"}, {"rule": "roundtrip"}])
+    assert streams([{"rule": "dedup"}, {"rule": "roundtrip"}])
+    assert streams([{"rule": "roundtrip"}, {"rule": "dedup"}])
     assert not streams([{"rule": "roundtrip"}, {"rule": "judge"}])
-    assert not streams([{"rule": "roundtrip"}, {"rule": "dedup"}])
+    assert not streams([{"rule": "dedup"}, {"rule": "judge"}])
     step = FilterStep(FilterSpec.model_validate({"name": "f", "rules": [{"rule": "roundtrip", "query_column": "q2"}]}))
     with pytest.raises(ValueError, match="no column 'q2'"):
         step.stream(lambda: iter([[{"query": "q", "text": "t"}]]), make_ctx(DOCS), Path("/nonexistent"))  # type: ignore[arg-type]

@@ -1,8 +1,9 @@
 """Filter step: composable rules that keep only good rows, each drop recorded with its evidence.
 
 The rules for small-generator failure modes live in filter_quality.py, round-trip consistency
-(and keep-best-per-passage) in filter_roundtrip.py; this module holds the text-shape rules, the
-rule registry and the step.
+(and keep-best-per-passage) in filter_roundtrip.py, dedup in filter_dedup.py, the streamed run of a
+filter's global tail in filter_stream.py; this module holds the text-shape rules, the rule
+registry and the step.
 
 Rules run in recipe order and each sees only the rows the rules before it kept, so cheap rules
 (length, regex, dedup) go first and the expensive ones (round-trip retrieval, LLM judge) score
@@ -12,7 +13,6 @@ fewer rows. Every removed row becomes a drop record: `step`, `rule` (the rule's 
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
@@ -21,10 +21,11 @@ from typing import Any
 
 from rapidfuzz import fuzz
 
-from synth.dedup import find_duplicates, normalize
+from synth.dedup import normalize
 from synth.prompts import PromptLibrary
 from synth.steps.base import Row, Step, StepContext, StepResult, stable_hash
 from synth.steps.filter_common import Outcome, record, text_of, words
+from synth.steps.filter_dedup import apply_dedup
 from synth.steps.filter_quality import (
     apply_leakage,
     apply_querylike,
@@ -32,7 +33,7 @@ from synth.steps.filter_quality import (
     apply_truncated,
     fewshot_answers,
 )
-from synth.steps.filter_roundtrip import apply_roundtrip, roundtrip_rows
+from synth.steps.filter_roundtrip import apply_roundtrip
 from synth.steps.filter_spec import (
     CopyRule,
     DedupRule,
@@ -47,6 +48,7 @@ from synth.steps.filter_spec import (
     ScriptRule,
     TruncatedRule,
 )
+from synth.steps.filter_stream import stream_rules
 
 
 class _Tokenizers:
@@ -145,30 +147,6 @@ def apply_script(rule: ScriptRule, rows: Sequence[Row], ctx: StepContext, step: 
     return out
 
 
-def apply_dedup(rule: DedupRule, rows: Sequence[Row], ctx: StepContext, step: str) -> Outcome:
-    out = Outcome()
-    groups: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        key = text_of(row, "source_id") if rule.scope == "source" else ""
-        groups.setdefault(key, []).append(i)
-    dropped: dict[int, Row] = {}
-    for members in groups.values():
-        texts = [text_of(rows[i], rule.column) for i in members]
-        dups, _ = find_duplicates(
-            texts, rule.threshold, exhaustive_below=rule.exhaustive_below, word_guard=rule.word_guard
-        )
-        for d in dups:
-            i, j = members[d.index], members[d.of]
-            dropped[i] = record(
-                step, rule, "exact_duplicate" if d.exact else "near_duplicate", rows[i], column=rule.column,
-                value=texts[d.index], duplicate_of=texts[d.of], duplicate_of_source_id=text_of(rows[j], "source_id"),
-                score=d.score, threshold=rule.threshold,
-            )  # fmt: skip
-    for i, row in enumerate(rows):
-        (out.dropped if i in dropped else out.kept).append(dropped.get(i, row))
-    return out
-
-
 def copy_scores(generated: str, passage: str) -> tuple[float, float]:
     """(partial ratio 0-100 of the normalised texts, share of generated words found in the passage)."""
     g, p = normalize(generated), normalize(passage)
@@ -227,10 +205,10 @@ RULES: dict[type, Callable[[Any, Sequence[Row], StepContext, str], Outcome]] = {
 }
 
 
-# Rules that judge each row alone with no model call: after a round-trip rule, a streamed filter
-# runs them on its output a chunk at a time (a judge's failures and usage need the whole-list path).
+# Rules that judge each row alone with no model call: in a streamed filter they run a chunk at a time
+# (a judge's failures and usage need the whole-list path).
 PER_ROW_RULES = (LengthRule, RegexRule, ScriptRule, CopyRule, RepetitionRule, LeakageRule, TruncatedRule, QueryLikeRule)
-_CHUNK = 4096  # rows per call of a per-row rule after the round trip
+STREAMED_RULES = (*PER_ROW_RULES, DedupRule, RoundTripRule)
 
 
 class FilterStep(Step):
@@ -288,64 +266,26 @@ class FilterStep(Step):
     def stream(
         self, batches: Callable[[], Iterator[list[Row]]], ctx: StepContext, drops: Path, total: int = 0
     ) -> StepResult | None:
-        """The filter over rows read a batch at a time, when it starts with a round-trip rule and only
-        per-row rules follow (the shape of a filter's tail after its row-local head); None otherwise.
+        """The filter over rows read a pass at a time (synth/steps/filter_stream.py), when every rule
+        can stream (all but the LLM judge); None otherwise.
 
         The result's `rows` is an iterator (input order) that writes the drop records to `drops` as
         it goes and fills the result's stats per rule; rows never sit in one list.
         """
         rules = list(self.spec.rules)
-        if (
-            not rules
-            or not isinstance(rules[0], RoundTripRule)
-            or not all(isinstance(r, PER_ROW_RULES) for r in rules[1:])
-        ):
+        if not rules or not all(isinstance(r, STREAMED_RULES) for r in rules):
             return None
         first = next((b[0] for b in batches() if b), None)
-        if first is not None and (
-            missing := self.missing_columns(first, rules[0].columns(), f", rule {rules[0].label!r}")
-        ):
-            raise ValueError(missing[0])
+        if first is not None:
+            self._check(rules[0], first)  # one clear error before any work
         result = StepResult(rows=[])
-        result.rows = self._streamed(rules, batches, ctx, drops, result.stats, total)  # type: ignore[assignment]
+        result.rows = stream_rules(  # type: ignore[assignment]
+            rules, batches, ctx, self.name, drops, result.stats, total,
+            apply=lambda rule, rows: RULES[type(rule)](rule, rows, ctx, self.name), check=self._check,
+        )  # fmt: skip
         return result
 
-    def _streamed(
-        self, rules: list[Any], batches: Callable[[], Iterator[list[Row]]], ctx: StepContext, drops: Path,
-        stats: dict[str, Any], total: int,
-    ) -> Iterator[Row]:  # fmt: skip
-        counts = {r.label: {"rows_in": 0, "rows_out": 0} for r in rules}
-        stats.update(counts)
-        drops.parent.mkdir(parents=True, exist_ok=True)
-        with drops.open("w", encoding="utf-8") as f:
-
-            def dropped(record: Row) -> None:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-            def rest(chunk: list[Row]) -> list[Row]:
-                for rule in rules[1:]:
-                    counts[rule.label]["rows_in"] += len(chunk)
-                    outcome = RULES[type(rule)](rule, chunk, ctx, self.name)
-                    for d in outcome.dropped:
-                        dropped(d)
-                    chunk = outcome.kept
-                    counts[rule.label]["rows_out"] += len(chunk)
-                return chunk
-
-            roundtrip = rules[0]
-
-            def counted() -> Iterator[list[Row]]:  # a pass over the input, counting its rows
-                read = 0
-                for batch in batches():
-                    read += len(batch)
-                    yield batch
-                counts[roundtrip.label]["rows_in"] = read
-
-            chunk: list[Row] = []
-            for row in roundtrip_rows(roundtrip, counted, ctx, self.name, dropped, total):
-                counts[roundtrip.label]["rows_out"] += 1
-                chunk.append(row)
-                if len(chunk) >= _CHUNK:
-                    yield from rest(chunk)
-                    chunk = []
-            yield from rest(chunk)
+    def _check(self, rule: Any, row: Row) -> None:
+        missing = self.missing_columns(row, rule.columns(), f", rule {rule.label!r}")
+        if missing:
+            raise ValueError(missing[0])

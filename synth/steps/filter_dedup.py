@@ -1,0 +1,126 @@
+"""The dedup rule: exact and near duplicates (synth/dedup.py), the first row wins, over rows read in passes.
+
+Why passes and a store: a global dedup (`scope: all`) compares every row with every other, so it
+cannot run a batch at a time, yet holding 10^6 rows as Python dicts costs gigabytes. Here the
+first pass writes each row's text and source id to a `DocStore` on disk; what stays in memory is
+8-byte keys per row (text hash, source hash) and a flag; the MinHash band keys go to a file next
+to the store; the texts of candidate pairs are read back from the store. A second pass writes the
+drop records, and the rule's output is a third pass over the input that skips the duplicates.
+`apply_dedup` (rows already in memory) is the same code over one batch.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synth.dedup import Duplicate, find_duplicates, normalize
+from synth.mining.docstore import DocStore, text_hash
+from synth.steps.base import Row, StepContext
+from synth.steps.filter_common import Outcome, record, text_of
+from synth.steps.filter_spec import DedupRule
+
+Batches = Callable[[], Iterator[list[Row]]]
+Dropped = Callable[[Row], None]
+_IN_MEMORY = 20000  # a source group this small is read into a list at once
+
+
+class NormalizedTexts(Sequence[str]):
+    """The store's texts at `members`, normalised as read (by index or by slice)."""
+
+    def __init__(self, store: DocStore, members: np.ndarray) -> None:
+        self.store, self.members = store, members
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __getitem__(self, k: Any) -> Any:  # type: ignore[override]
+        if isinstance(k, slice):
+            picked = self.members[k]
+            if len(picked) and int(picked[-1]) - int(picked[0]) == len(picked) - 1:  # contiguous: one read
+                return [normalize(t) for t in self.store.texts(int(picked[0]), int(picked[-1]) + 1)]
+            return [normalize(self.store.text(j)) for j in picked.tolist()]
+        return normalize(self.store.text(int(self.members[k])))
+
+
+def _groups(keys: np.ndarray) -> Iterator[np.ndarray]:
+    """Row indices of each group of equal keys, members in row order."""
+    if len(keys):
+        order = np.argsort(keys, kind="stable")
+        yield from np.split(order, np.flatnonzero(np.diff(keys[order])) + 1)
+
+
+def duplicates(rule: DedupRule, store: DocStore, source_keys: np.ndarray, folder: Path) -> list[Duplicate]:
+    """The rule's duplicates among the stored texts (indices into the store), sorted by row."""
+    kwargs = {"exhaustive_below": rule.exhaustive_below, "word_guard": rule.word_guard}
+    groups = _groups(source_keys) if rule.scope == "source" else iter([np.arange(len(store))])
+    found: list[Duplicate] = []
+    for members in groups:
+        if len(members) < 2:
+            continue
+        view = NormalizedTexts(store, members)
+        texts = view[:] if len(members) <= _IN_MEMORY else view
+        dups, _ = find_duplicates(texts, rule.threshold, normalized=True, keys_dir=folder, **kwargs)
+        found += [Duplicate(int(members[d.index]), int(members[d.of]), d.score, d.exact) for d in dups]
+    found.sort(key=lambda d: d.index)
+    return found
+
+
+def dedup_rows(
+    rule: DedupRule, batches: Batches, step: str, dropped: Dropped, counts: dict[str, int] | None = None
+) -> Batches:
+    """Finds the duplicates among the rows `batches()` reads, writes their drop records (row order) to
+    `dropped`, and returns the kept rows as batches: each call a new pass over the input."""
+    with tempfile.TemporaryDirectory(prefix="synth-dedup-") as tmp:
+        store = DocStore(Path(tmp))
+        source_keys = array("Q")
+        try:
+            for batch in batches():
+                for row in batch:
+                    store.add(text_of(row, rule.column), text_of(row, "source_id"))
+                    if rule.scope == "source":
+                        source_keys.append(text_hash(text_of(row, "source_id")))
+            found = duplicates(rule, store, np.asarray(source_keys, np.uint64), Path(tmp))
+            is_duplicate = np.zeros(len(store), bool)
+            is_duplicate[[d.index for d in found]] = True
+            by_row = iter(found)
+            i = 0
+            for batch in batches():
+                for row in batch:
+                    if is_duplicate[i]:
+                        d = next(by_row)
+                        dropped(
+                            record(
+                                step, rule, "exact_duplicate" if d.exact else "near_duplicate", row,
+                                column=rule.column, value=text_of(row, rule.column), duplicate_of=store.text(d.of),
+                                duplicate_of_source_id=store.id(d.of), score=d.score, threshold=rule.threshold,
+                            )
+                        )  # fmt: skip
+                    i += 1
+        finally:
+            store.close()
+    if counts is not None:
+        counts["rows_in"] += len(is_duplicate)
+        counts["rows_out"] += int(len(is_duplicate) - is_duplicate.sum())
+
+    def kept() -> Iterator[list[Row]]:
+        start = 0
+        for batch in batches():
+            flags = is_duplicate[start : start + len(batch)]
+            start += len(batch)
+            yield [row for row, duplicate in zip(batch, flags.tolist(), strict=True) if not duplicate]
+
+    return kept
+
+
+def apply_dedup(rule: DedupRule, rows: Sequence[Row], ctx: StepContext, step: str) -> Outcome:
+    """The rule over rows already in memory (a shard of the filter's head, or a whole-list filter)."""
+    out = Outcome()
+    kept = dedup_rows(rule, lambda: iter([list(rows)]), step, out.dropped.append)
+    out.kept = [row for batch in kept() for row in batch]
+    return out
