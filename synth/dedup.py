@@ -31,6 +31,7 @@ _SPACE = re.compile(r"\s+")
 _MASK64 = (1 << 64) - 1
 _SIGN_CHUNK = 16384  # texts hashed and MinHash-signed at once
 _VERIFY_CHUNK = 262144  # candidate pairs whose texts are read and scored at once
+_SMALL_GROUP = 64  # groups up to this size are paired all at once (numpy), larger ones by cdist
 
 
 def normalize(text: str) -> str:
@@ -131,61 +132,59 @@ class _BandKeys:
             self.file.close()
 
 
-def _band_keys(
-    texts: Sequence[str], bands: int, rows_per_band: int, keys_dir: Path | None
-) -> tuple[_BandKeys, np.ndarray]:
-    """(each text's LSH key per band, each text's length), MinHash-signed a chunk of texts at a time."""
-    n = len(texts)
-    keys = _BandKeys(bands, n, keys_dir)
-    lengths = np.empty(n, np.int64)
+def _band_keys(texts: Sequence[str], bands: int, rows_per_band: int, keys_dir: Path | None) -> _BandKeys:
+    """Each text's LSH key per band, MinHash-signed a chunk of texts at a time."""
+    keys = _BandKeys(bands, len(texts), keys_dir)
     mix = np.array([0x9E3779B97F4A7C15 >> k for k in range(rows_per_band)], dtype=np.uint64) | np.uint64(1)
-    for start in range(0, n, _SIGN_CHUNK):
-        chunk = list(texts[start : start + _SIGN_CHUNK])
-        lengths[start : start + len(chunk)] = [len(t) for t in chunk]
-        sig = minhash_signatures(chunk, num_perm=bands * rows_per_band)
+    for start in range(0, len(texts), _SIGN_CHUNK):
+        sig = minhash_signatures(list(texts[start : start + _SIGN_CHUNK]), num_perm=bands * rows_per_band)
         with np.errstate(over="ignore"):
             for band in range(bands):
                 keys.put(band, start, (sig[:, band * rows_per_band : (band + 1) * rows_per_band] * mix).sum(axis=1))
-    return keys, lengths
+    return keys
 
 
-def _lsh_pairs(
-    texts: Sequence[str], threshold: float, bands: int, rows_per_band: int, max_bucket: int, keys_dir: Path | None
-) -> tuple[np.ndarray, int]:
-    """Candidate pairs from MinHash bands, verified with fuzz.ratio; returns ([i, j, score] rows, #scored)."""
+def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order, starts, sizes): positions order[s : s + size] share one key, for each run."""
+    order = np.argsort(keys, kind="stable")
+    starts = np.r_[0, np.flatnonzero(np.diff(keys[order])) + 1].astype(np.int64)
+    return order, starts, np.diff(np.r_[starts, len(keys)])
+
+
+def _pairs_within_runs(
+    texts: Sequence[str], lengths: np.ndarray, runs: tuple[np.ndarray, np.ndarray, np.ndarray], threshold: float,
+    max_run: int, found: list[np.ndarray],
+) -> tuple[np.ndarray, int]:  # fmt: skip
+    """Pairs of texts in one run: runs over `max_run` scored at once by cdist (appended to `found` as
+    [i, j, score] rows); the others' pairs returned as candidate codes i * n + j, and #scored."""
+    order, starts, sizes = runs
+    n, codes, scored = len(texts), [], 0
+    for size in np.unique(sizes[sizes > 1]).tolist():
+        run_starts = starts[sizes == size]
+        if size > max_run:  # one big block: let cdist score it in C++ with both cores
+            for s in run_starts.tolist():
+                members = np.sort(order[s : s + size])
+                pairs, count = _exhaustive_pairs([texts[i] for i in members.tolist()], threshold)
+                scored += count
+                i, j = pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
+                found.append(np.stack([members[i], members[j], pairs[:, 2]], axis=1))
+            continue
+        # All runs of this size at once: a (runs, size) matrix of members, paired by triu.
+        members = np.sort(order[run_starts[:, None] + np.arange(size)], axis=1)
+        i, j = np.triu_indices(size, 1)
+        lo, hi = members[:, i].ravel(), members[:, j].ravel()
+        # ratio >= t needs min(len)/max(len) >= t / (200 - t): drop impossible pairs before scoring.
+        short, long_ = np.minimum(lengths[lo], lengths[hi]), np.maximum(lengths[lo], lengths[hi])
+        possible = short * (200 - threshold) >= long_ * threshold
+        codes.append(lo[possible] * n + hi[possible])
+    return (np.concatenate(codes) if codes else np.zeros(0, np.int64)), scored
+
+
+def _verify(texts: Sequence[str], codes: np.ndarray, threshold: float, found: list[np.ndarray]) -> None:
+    """Scores candidate pairs (codes i * n + j) with fuzz.ratio, a chunk of pairs' texts at a time;
+    those at or above the threshold go to `found` as [i, j, score] rows."""
     n = len(texts)
-    band_keys, lengths = _band_keys(texts, bands, rows_per_band, keys_dir)
-    candidates: list[np.ndarray] = []
-    verified: list[np.ndarray] = []
-    scored = 0
-    for band in range(bands):
-        keys = band_keys.band(band)
-        order = np.argsort(keys, kind="stable")
-        cut = np.flatnonzero(np.diff(keys[order])) + 1
-        starts = np.concatenate([[0], cut])
-        sizes = np.diff(np.concatenate([starts, [n]]))
-        for size in np.unique(sizes[sizes > 1]).tolist():
-            run_starts = starts[sizes == size]
-            if size > max_bucket:  # one big block: let cdist score it in C++ with both cores
-                for s in run_starts.tolist():
-                    members = np.sort(order[s : s + size])
-                    pairs, count = _exhaustive_pairs([texts[i] for i in members.tolist()], threshold)
-                    scored += count
-                    i, j = pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
-                    verified.append(np.stack([members[i], members[j], pairs[:, 2]], axis=1))
-                continue
-            # All buckets of this size at once: a (buckets, size) matrix of members, paired by triu.
-            members = np.sort(order[run_starts[:, None] + np.arange(size)], axis=1)
-            i, j = np.triu_indices(size, 1)
-            lo, hi = members[:, i].ravel(), members[:, j].ravel()
-            # ratio >= t needs min(len)/max(len) >= t / (200 - t): drop impossible pairs before scoring.
-            short, long_ = np.minimum(lengths[lo], lengths[hi]), np.maximum(lengths[lo], lengths[hi])
-            possible = short * (200 - threshold) >= long_ * threshold
-            candidates.append(lo[possible] * n + hi[possible])
-    band_keys.close()
-    codes = np.unique(np.concatenate(candidates)) if candidates else np.zeros(0, np.int64)
-    scored += len(codes)
-    for start in range(0, len(codes), _VERIFY_CHUNK):  # the texts of a chunk of pairs at a time
+    for start in range(0, len(codes), _VERIFY_CHUNK):
         lo, hi = codes[start : start + _VERIFY_CHUNK] // n, codes[start : start + _VERIFY_CHUNK] % n
         scores = process.cpdist(
             [texts[a] for a in lo.tolist()],
@@ -196,9 +195,27 @@ def _lsh_pairs(
             dtype=np.float32,
         )
         hit = scores > 0
-        verified.append(np.stack([lo[hit], hi[hit], scores[hit]], axis=1))
-    pairs = np.concatenate(verified) if verified else np.zeros((0, 3))
-    return pairs, scored
+        found.append(np.stack([lo[hit], hi[hit], scores[hit]], axis=1))
+
+
+def _lsh_pairs(
+    texts: Sequence[str], lengths: np.ndarray, threshold: float, bands: int, rows_per_band: int, max_bucket: int,
+    keys_dir: Path | None,
+) -> tuple[np.ndarray, int]:  # fmt: skip
+    """Candidate pairs from MinHash bands, verified with fuzz.ratio; returns ([i, j, score] rows, #scored)."""
+    band_keys = _band_keys(texts, bands, rows_per_band, keys_dir)
+    candidates: list[np.ndarray] = []
+    verified: list[np.ndarray] = []
+    scored = 0
+    for band in range(bands):
+        codes, count = _pairs_within_runs(texts, lengths, _runs(band_keys.band(band)), threshold, max_bucket, verified)
+        candidates.append(codes)
+        scored += count
+    band_keys.close()
+    codes = np.unique(np.concatenate(candidates))
+    scored += len(codes)
+    _verify(texts, codes, threshold, verified)
+    return (np.concatenate(verified) if verified else np.zeros((0, 3))), scored
 
 
 def same_words(a: str, b: str, min_word_ratio: float = 70.0) -> bool:
@@ -226,29 +243,37 @@ def find_duplicates(
     rows_per_band: int = 5,
     max_bucket: int = 512,
     word_guard: bool = True,
+    groups: np.ndarray | None = None,
     normalized: bool = False,
     keys_dir: Path | None = None,
 ) -> tuple[list[Duplicate], DedupStats]:
     """Duplicates to drop, first occurrence kept. `threshold` is a rapidfuzz ratio (0-100).
 
     With `word_guard`, a near pair must also pass `same_words` (no content word swapped).
+    `groups`: an integer label per text; texts are compared only within their group, each group as
+    if it were deduplicated alone (`exhaustive_below` counts a group's texts), all groups at once.
     `normalized`: `texts` are already `normalize`d and may be a view of texts on disk (read by
-    index and by slice, see synth/steps/filter_dedup.py); memory then holds 8-byte keys per text and,
-    with `keys_dir`, the MinHash band keys live on disk there.
+    index and by slice, see synth/steps/filter_dedup.py); memory then holds a few 8-byte keys per
+    text and, with `keys_dir`, the MinHash band keys live in a file there.
     """
     norm: Sequence[str] = texts if normalized else [normalize(t) for t in texts]
-    stats = DedupStats(rows=len(norm))
-    dups: list[Duplicate] = []
-    hashes = np.empty(len(norm), np.uint64)
-    for start in range(0, len(norm), _SIGN_CHUNK):
+    n = len(norm)
+    stats = DedupStats(rows=n)
+    labels = np.zeros(n, np.uint64) if groups is None else np.asarray(groups).astype(np.uint64)
+    keys, lengths = np.empty(n, np.uint64), np.empty(n, np.int64)
+    for start in range(0, n, _SIGN_CHUNK):
         chunk = norm[start : start + _SIGN_CHUNK]
-        hashes[start : start + len(chunk)] = [text_hash(t) for t in chunk]
-    _, first_of_key, key_of = np.unique(hashes, return_index=True, return_inverse=True)
+        keys[start : start + len(chunk)] = [text_hash(t) for t in chunk]
+        lengths[start : start + len(chunk)] = [len(t) for t in chunk]
+    with np.errstate(over="ignore"):
+        keys ^= labels * np.uint64(0x9E3779B97F4A7C15)  # equal text in another group is another key
+    _, first_of_key, key_of = np.unique(keys, return_index=True, return_inverse=True)
     first = first_of_key[key_of.reshape(-1)]  # each text's first occurrence of its key
-    is_rep = first == np.arange(len(norm))
+    is_rep = first == np.arange(n)
+    dups: list[Duplicate] = []
     for i in np.flatnonzero(~is_rep).tolist():
         j = int(first[i])
-        if norm[i] == norm[j]:
+        if labels[i] == labels[j] and norm[i] == norm[j]:
             dups.append(Duplicate(i, j, 100.0, True))
         else:  # a 64-bit collision (about n^2 / 2^65): both texts stay
             is_rep[i] = True
@@ -257,15 +282,29 @@ def find_duplicates(
     if threshold >= 100 or len(reps) < 2:
         return dups, stats
     rep_texts: Sequence[str] = _Subset(norm, reps) if normalized else [norm[i] for i in reps.tolist()]
-    if len(reps) < exhaustive_below:
-        pairs, stats.candidate_pairs = _exhaustive_pairs(list(rep_texts), threshold)
-    else:
+    rep_lengths, found = lengths[reps], []
+    # Each group: small ones all at once (every pair), larger ones by cdist, the largest by MinHash LSH.
+    order, starts, sizes = _runs(labels[reps])
+    small = sizes < exhaustive_below
+    codes, stats.candidate_pairs = _pairs_within_runs(
+        rep_texts, rep_lengths, (order, starts[small], sizes[small]), threshold, _SMALL_GROUP, found
+    )
+    stats.candidate_pairs += len(codes)
+    _verify(rep_texts, codes, threshold, found)
+    for s, size in zip(starts[~small].tolist(), sizes[~small].tolist(), strict=True):
         stats.exhaustive = False
-        pairs, stats.candidate_pairs = _lsh_pairs(rep_texts, threshold, bands, rows_per_band, max_bucket, keys_dir)
+        members = np.sort(order[s : s + size])
+        pairs, count = _lsh_pairs(
+            _Subset(rep_texts, members), rep_lengths[members], threshold, bands, rows_per_band, max_bucket, keys_dir
+        )
+        stats.candidate_pairs += count
+        lo, hi = members[pairs[:, 0].astype(np.int64)], members[pairs[:, 1].astype(np.int64)]
+        found.append(np.stack([lo, hi, pairs[:, 2]], axis=1))
+    pairs = np.concatenate(found) if found else np.zeros((0, 3))
     # Visit pairs by the later row; it is dropped if it matches a row that is still kept.
-    order = np.lexsort((pairs[:, 0], pairs[:, 1])) if len(pairs) else []
+    visit = np.lexsort((pairs[:, 0], pairs[:, 1])) if len(pairs) else []
     dropped: set[int] = set()
-    for k in order:
+    for k in visit:
         i, j, score = int(pairs[k, 0]), int(pairs[k, 1]), float(pairs[k, 2])
         if j in dropped or i in dropped:
             continue

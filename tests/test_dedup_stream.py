@@ -93,6 +93,26 @@ def test_streamed_dedup_finds_what_find_duplicates_finds_in_a_list(scope: str, e
     assert any(" json " in t for t in kept_texts) and any(" csv " in t for t in kept_texts), "the word guard held"
 
 
+def test_grouped_find_duplicates_equals_one_call_per_group() -> None:
+    """All groups at once (small ones paired by numpy, middle ones by cdist, the largest by MinHash)
+    finds, per group, what a call on that group's texts alone finds; equal texts in two groups stay."""
+    texts = [row["query"] for row in _rows(2000)]
+    rng = random.Random(1)
+    sizes = [1, 2, 2, 5, 30, 64, 65, 70, 300, 1461]
+    labels = [g for g, size in enumerate(sizes) for _ in range(size)]
+    rng.shuffle(labels)
+    got, stats = find_duplicates(texts, 90, exhaustive_below=400, groups=labels)  # type: ignore[arg-type]
+    want = []
+    for g in range(len(sizes)):
+        members = [i for i, label in enumerate(labels) if label == g]
+        dups, _ = find_duplicates([texts[i] for i in members], 90, exhaustive_below=400)
+        want += [(members[d.index], members[d.of], d.score, d.exact) for d in dups]
+    assert [(d.index, d.of, d.score, d.exact) for d in got] == sorted(want)
+    assert not stats.exhaustive and stats.near > 0 and stats.exact > 0
+    across = {(texts[i], labels[i]) for i in range(len(texts))}
+    assert len({t for t, _ in across}) < len(across), "some text sits in two groups (kept in both)"
+
+
 _MIXED = [
     [{"rule": "dedup", "column": "query", "exhaustive_below": 0}, {"rule": "roundtrip", "top_k": 5}],
     [{"rule": "roundtrip", "top_k": 8}, {"rule": "length", "max_chars": 40}, {"rule": "dedup", "column": "query"}],

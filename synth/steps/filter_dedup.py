@@ -27,7 +27,7 @@ from synth.steps.filter_spec import DedupRule
 
 Batches = Callable[[], Iterator[list[Row]]]
 Dropped = Callable[[Row], None]
-_IN_MEMORY = 20000  # a source group this small is read into a list at once
+_IN_MEMORY = 20000  # this few texts are read into a list at once
 
 
 class NormalizedTexts(Sequence[str]):
@@ -48,27 +48,15 @@ class NormalizedTexts(Sequence[str]):
         return normalize(self.store.text(int(self.members[k])))
 
 
-def _groups(keys: np.ndarray) -> Iterator[np.ndarray]:
-    """Row indices of each group of equal keys, members in row order."""
-    if len(keys):
-        order = np.argsort(keys, kind="stable")
-        yield from np.split(order, np.flatnonzero(np.diff(keys[order])) + 1)
-
-
 def duplicates(rule: DedupRule, store: DocStore, source_keys: np.ndarray, folder: Path) -> list[Duplicate]:
     """The rule's duplicates among the stored texts (indices into the store), sorted by row."""
-    kwargs = {"exhaustive_below": rule.exhaustive_below, "word_guard": rule.word_guard}
-    groups = _groups(source_keys) if rule.scope == "source" else iter([np.arange(len(store))])
-    found: list[Duplicate] = []
-    for members in groups:
-        if len(members) < 2:
-            continue
-        view = NormalizedTexts(store, members)
-        texts = view[:] if len(members) <= _IN_MEMORY else view
-        dups, _ = find_duplicates(texts, rule.threshold, normalized=True, keys_dir=folder, **kwargs)
-        found += [Duplicate(int(members[d.index]), int(members[d.of]), d.score, d.exact) for d in dups]
-    found.sort(key=lambda d: d.index)
-    return found
+    view = NormalizedTexts(store, np.arange(len(store)))
+    dups, _ = find_duplicates(
+        view[:] if len(store) <= _IN_MEMORY else view, rule.threshold, exhaustive_below=rule.exhaustive_below,
+        word_guard=rule.word_guard, groups=source_keys if rule.scope == "source" else None, normalized=True,
+        keys_dir=folder,
+    )  # fmt: skip
+    return dups
 
 
 def dedup_rows(
