@@ -175,6 +175,7 @@ def _run(
         pipeline.prepare_work(work, keys, fresh=not use_cache)
         executor.start(pool)
         ctx.search = executor.search  # Ray: exact search as a map_batches stage; local: None
+        ctx.scan = executor.scan  # Ray: the round-trip rule's scan likewise
         docs, source_drops, records = pipeline.read_source(recipe, limit, work / f"source-{keys[0]}", batch_rows)
         ctx.documents = pipeline.final_rows(docs)
         drop_files, extras = [source_drops], []

@@ -269,3 +269,41 @@ print("equal")
     env = dict(os.environ, **AUTH)
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert done.returncode == 0 and done.stdout.strip().endswith("equal"), done.stderr[-3000:]
+
+
+def test_round_trip_scan_as_a_ray_data_stage_equals_the_local_scan(tmp_path: Path, ray_cluster: str) -> None:
+    """`ray_scan` (one map_batches task per 1,024 queries) gives exactly `scan`'s own scores, ranks,
+    best other scores and documents: a query count that is no multiple of the chunk, copies of the
+    own passage across corpus blocks (ties), own passages in every block, the temp files removed."""
+    script = tmp_path / "scan.py"
+    script.write_text(
+        f"""
+import numpy as np, ray
+from pathlib import Path
+from synth.executors.ray_search import ray_scan
+from synth.mining.search import VectorFile
+from synth.steps.roundtrip_corpus import BLOCK, scan
+
+folder = Path({str(tmp_path / "vectors")!r})
+folder.mkdir()
+rng = np.random.default_rng(0)
+corpus = rng.standard_normal((BLOCK + 900, 16)).astype(np.float32)
+corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
+corpus[[40, BLOCK + 3]] = corpus[5]  # copies of a passage on both sides of a block boundary
+queries = rng.standard_normal((2500, 16)).astype(np.float32)
+targets = rng.integers(0, len(corpus), len(queries))
+queries[:30], targets[:30] = corpus[5] + 0.01 * rng.standard_normal((30, 16)), 5
+np.save(folder / "corpus.npy", corpus)
+file = VectorFile(folder / "corpus.npy")
+ray.init(address={ray_cluster!r}, logging_level="ERROR", log_to_driver=False)
+got, want = ray_scan(ray, queries, targets, file), scan(queries, targets, file)
+for name in ("own", "rank", "best_other", "best_other_index"):
+    assert np.array_equal(getattr(got, name), getattr(want, name)), name
+assert set(got.best_other_index[:30].tolist()) <= {{40, BLOCK + 3}}
+assert sorted(p.name for p in folder.iterdir()) == ["corpus.npy"], "the query and target files are removed"
+print("equal")
+"""
+    )
+    env = dict(os.environ, **AUTH)
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0 and done.stdout.strip().endswith("equal"), done.stderr[-3000:]

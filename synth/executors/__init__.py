@@ -20,6 +20,8 @@ class Executor(Protocol):
     name: str
     # Exact top-k over stored corpus vectors on the executor's workers (StepContext.search); None: in-process.
     search: Callable[..., Any] | None
+    # The round-trip rule's scan likewise (StepContext.scan); None: in-process.
+    scan: Callable[..., Any] | None
 
     def start(self, pool: Any) -> None:
         """Called once the run's models (and request cache) exist, before the first step."""

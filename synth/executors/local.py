@@ -19,6 +19,7 @@ Prepare = Callable[[list[Row]], list[Row]]
 class LocalExecutor:
     name = "local"
     search = None  # mining searches in this process
+    scan = None  # so does the round-trip rule
 
     def __init__(self, across_shards: bool = True) -> None:
         # A step that can (`stream_batches`: generate) gets every shard as one request stream, so the

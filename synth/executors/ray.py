@@ -6,9 +6,9 @@ What runs where:
   writes the output; it also keeps the request cache and markers, so resume works as locally;
 - an embedder a step asks for (round-trip, mining) is a pool of Ray actors encoding blocks of
   texts in parallel (synth/executors/ray_embed.py); the driver keeps its embedding cache;
-- mining's exact search is a `map_batches` stage over the corpus vectors the driver stored, one
-  task per chunk of queries (synth/executors/ray_search.py); faiss search and the round-trip
-  rule's search stay on the driver;
+- mining's exact search and the round-trip rule's scan are `map_batches` stages over the corpus
+  vectors the driver stored, one task per chunk of queries (synth/executors/ray_search.py);
+  faiss search stays on the driver;
 - a row-wise step (generate, a filter's row-local rules, the judge) becomes a `map_batches`
   stage over the shards still to do: each actor of the pool holds the step and builds its LLM
   backend once (a vLLM engine with `num_gpus` per actor on GPU nodes; CPU works too);
@@ -126,6 +126,12 @@ class RayExecutor:
         from synth.executors.ray_search import ray_top_k
 
         return ray_top_k(self.ray, queries, corpus, k, corpus_chunk)
+
+    def scan(self, queries: Any, targets: Any, corpus: Any) -> Any:
+        """The round-trip rule's scan as a Ray Data stage over the stored corpus vectors (ray_search.py)."""
+        from synth.executors.ray_search import ray_scan
+
+        return ray_scan(self.ray, queries, targets, corpus)
 
     def _node_cpus(self) -> float:
         """CPUs of the smallest live node (so an actor that takes that many fits on every node)."""

@@ -1,4 +1,5 @@
-"""`--executor ray`: exact top-k over the stored corpus vectors as a Ray Data `map_batches` stage.
+"""`--executor ray`: exact top-k over the stored corpus vectors (mining) and the round-trip rule's
+scan (each query's own passage's rank and margin) as Ray Data `map_batches` stages.
 
 Why: mining's search is O(queries x documents); on the driver it runs on one machine's cores
 whatever the cluster holds. Here the driver writes a batch of query vectors next to the corpus
@@ -81,3 +82,66 @@ def ray_top_k(
     finally:
         os.unlink(query_path)
     return out_idx, out_scores
+
+
+def scan_chunks(
+    batch: dict[str, np.ndarray], *, queries: str, targets: str, corpus: str, rows: int
+) -> dict[str, np.ndarray]:
+    """One Ray Data batch of chunk starts -> the round-trip `scan` of every query in them."""
+    from synth.steps.roundtrip_corpus import scan
+
+    query_file, corpus_file = VectorFile(queries), VectorFile(corpus).head(rows)
+    own_passages = np.load(targets, mmap_mode="r")
+    parts = []
+    for start in batch["start"].tolist():
+        q = query_file.read(start, start + QUERY_CHUNK)
+        got = scan(q, np.asarray(own_passages[start : start + len(q)]), corpus_file)
+        parts.append((np.arange(start, start + len(q), dtype=np.int64), got))
+    return {
+        "row": np.concatenate([r for r, _ in parts]),
+        **{name: np.concatenate([getattr(g, name) for _, g in parts]) for name in _SCAN_FIELDS},
+    }
+
+
+_SCAN_FIELDS = ("own", "rank", "best_other", "best_other_index")
+
+
+def ray_scan(ray: Any, queries: np.ndarray, targets: np.ndarray, corpus: VectorFile) -> Any:
+    """The round-trip rule's `scan(queries, targets, corpus)` computed by a Ray Data stage, one task
+    per chunk of queries: each task scores its chunk exactly as the local scan does (same query
+    chunks, same corpus blocks), so ranks, margins and the best other documents are equal."""
+    from synth.steps.roundtrip_corpus import Scan, scan
+
+    n = len(queries)
+    if n == 0 or len(corpus) == 0:
+        return scan(queries, targets, corpus)
+    folder = Path(corpus.path).parent
+    paths = []
+    try:
+        for array in (np.ascontiguousarray(queries, dtype=np.float32), np.asarray(targets, np.int64)):
+            with tempfile.NamedTemporaryFile(dir=folder, prefix="scan-", suffix=".npy", delete=False) as f:
+                np.save(f, array)
+                paths.append(f.name)
+        tasks = int(os.environ.get("SYNTH_RAY_SEARCH_TASKS", 0)) or int(ray.cluster_resources().get("CPU", 1))
+        starts = ray.data.from_items([{"start": s} for s in range(0, n, QUERY_CHUNK)])
+        found = starts.map_batches(
+            scan_chunks,
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.TaskPoolStrategy(size=max(1, tasks)),
+            num_cpus=float(os.environ.get("SYNTH_RAY_SEARCH_CPUS", 0)),
+            fn_kwargs={"queries": paths[0], "targets": paths[1], "corpus": str(corpus.path), "rows": len(corpus)},
+        )
+        out = {
+            "own": np.zeros(n, np.float32),
+            "rank": np.zeros(n, np.int64),
+            "best_other": np.full(n, -np.inf, np.float32),
+            "best_other_index": np.full(n, -1, np.int64),
+        }
+        for batch in found.iter_batches(batch_size=None, batch_format="numpy"):
+            for name in _SCAN_FIELDS:
+                out[name][batch["row"]] = batch[name]
+    finally:
+        for path in paths:
+            os.unlink(path)
+    return Scan(**out)

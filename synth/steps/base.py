@@ -40,6 +40,8 @@ class StepContext:
     # Exact top-k over stored corpus vectors where the executor runs it (Ray: a map_batches stage);
     # None: in this process. (queries, VectorFile, k, corpus chunk) -> (indices, scores).
     search: Callable[..., Any] | None = None
+    # The round-trip rule's scan likewise: (queries, own passages, VectorFile) -> Scan; None: here.
+    scan: Callable[..., Any] | None = None
 
 
 @dataclass

@@ -32,7 +32,7 @@ from synth.embedders import Embedder
 from synth.steps.base import Row, StepContext
 from synth.steps.filter_common import Outcome, record, text_of
 from synth.steps.filter_spec import RoundTripRule
-from synth.steps.roundtrip_corpus import Batches, RoundTripCorpus, scan
+from synth.steps.roundtrip_corpus import Batches, RoundTripCorpus, Scan, scan
 
 QUERY_BATCH = 16384  # queries embedded and scored at once (24 MiB of vectors at dim 384)
 Dropped = Callable[[Row], None]
@@ -62,7 +62,8 @@ def roundtrip_rows(
                 corpus = RoundTripCorpus.of_positives(batches, rule.positive_column, folder, embed, advance)
         try:
             with ctx.progress.task(f"{step}: round-trip scoring queries", total) as advance:
-                passed = _passed(rule, corpus, embedder, batches, step, dropped, advance)
+                scanner = ctx.scan or scan  # Ray: a map_batches stage; locally: here
+                passed = _passed(rule, corpus, embedder, scanner, batches, step, dropped, advance)
                 if rule.keep_best_per_source is None:
                     yield from (row for row, _, _ in passed)
                 else:
@@ -75,6 +76,7 @@ def _passed(
     rule: RoundTripRule,
     corpus: RoundTripCorpus,
     embedder: Embedder,
+    scanner: Callable[..., Scan],
     batches: Batches,
     step: str,
     dropped: Dropped,
@@ -89,7 +91,7 @@ def _passed(
             queries = [text_of(rows[k], rule.query_column) for k in found]
             if corpus.vectors is not None and len(found):
                 vectors = embedder.embed(queries, role="query")
-                result = scan(vectors, targets[found], corpus.vectors)
+                result = scanner(vectors, targets[found], corpus.vectors)
             at = {int(k): j for j, k in enumerate(found)}
             for k, row in enumerate(rows):  # drop records in row order
                 query = text_of(row, rule.query_column)
