@@ -12,6 +12,8 @@ random NFCorpus document; ids are `d<i>`. Same size, same file, every time.
 Variants:
 - `full`: recipes/beir-queries.yaml as shipped (exact search in round-trip and mining: both are
   O(queries x documents), so 1M documents take hours on 2 cores whatever the runner does);
+- `faiss`: the recipe as shipped with `search: faiss` in its round-trip rule and its mining step
+  (IVF, nprobe 16 of ~4 sqrt(m) clusters: a query scans ~4 sqrt(m) documents, not m);
 - `runner`: the same recipe without the round-trip rule and with `search: faiss` for mining
   (every remaining step is linear in time; mining still holds every query in memory);
 - `stream`: generate + the filter's per-shard rules (length, copy, dedup per source), no
@@ -30,6 +32,7 @@ Baseline: the committed code (`git archive HEAD` into --baseline-dir), on the si
   python benchmarks/scale.py --sizes 10000 100000 --variant mine --code head new
   python benchmarks/scale.py --sizes 10000 100000 --variant roundtrip --code head new
   python benchmarks/scale.py --sizes 10000 100000 --variant dedup --code head new
+  python benchmarks/scale.py --sizes 100000 1000000 --variant faiss --code new
 """
 
 from __future__ import annotations
@@ -80,8 +83,10 @@ DEDUP_ALL = [  # the `stream` steps with a global near-duplicate rule last in th
     " {rule: copy, column: query, source_column: text}, {rule: dedup, column: query, scope: source},"
     " {rule: dedup, name: dedup_all, column: query, scope: all}]}}]",
 ]
+FAISS = ["steps.1.filter.rules.7.search=faiss", "steps.2.mine_negatives.search=faiss"]  # rule 7: roundtrip
 VARIANTS = {
     "full": [],
+    "faiss": FAISS,
     "runner": RUNNER_ONLY,
     "stream": STREAM_ONLY,
     "mine": MINE_ONLY,

@@ -71,6 +71,55 @@ def test_scan_equals_one_score_matrix_across_blocks_and_query_chunks(tmp_path: P
     assert (got.best_other_index[clear] == scores.argmax(axis=1)[clear]).all()
 
 
+def test_the_faiss_scan_probing_every_cluster_decides_as_the_exact_scan(tmp_path: Path) -> None:
+    """`search: faiss` with every cluster probed: the same rank, scores and best other document for
+    every query within top_k; a miss stays a miss, its rank a lower bound. With few probes it runs
+    and keeps at least what exact search keeps (an unprobed document cannot outrank the passage)."""
+    from synth.mining.ivf import FaissIndex
+    from synth.steps.roundtrip_corpus import ivf_scan
+
+    rng = np.random.default_rng(1)
+    docs = rng.normal(size=(3000, 16)).astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    docs[[10, 2500]] = docs[3]  # copies of a passage: ties
+    targets = rng.integers(0, len(docs), 1500)
+    targets[:40] = 3
+    queries = (docs[targets] + 0.35 * rng.normal(size=(1500, 16))).astype(np.float32)
+    queries[:40] = docs[3] + 0.05 * rng.normal(size=(40, 16))  # close to the copied passage
+    corpus = _vectors(tmp_path, docs)
+    exact, top_k = scan(queries, targets, corpus), 5
+    index = FaissIndex(corpus, nprobe=10**6)
+    try:
+        got = ivf_scan(index, queries, targets, corpus, top_k)
+    finally:
+        index.close()
+    within = exact.rank <= top_k
+    assert 200 < within.sum() < 1400, "both kept and missed queries"
+    assert (got.rank[within] == exact.rank[within]).all()
+    assert (got.rank[~within] > top_k).all() and (got.rank <= exact.rank).all()
+    assert np.allclose(got.own, exact.own, atol=1e-6) and np.allclose(got.best_other, exact.best_other, atol=1e-6)
+    clear = np.abs(got.best_other - exact.best_other) < 1e-7
+    assert (got.best_other_index[clear] == exact.best_other_index[clear]).mean() > 0.99
+    assert set(got.best_other_index[:40].tolist()) <= {10, 2500}
+    few = FaissIndex(corpus, nprobe=2)
+    try:
+        approx = ivf_scan(few, queries, targets, corpus, top_k)
+    finally:
+        few.close()
+    assert (approx.rank <= exact.rank).all() and (approx.rank <= top_k).sum() >= within.sum()
+
+
+def test_a_round_trip_filter_with_faiss_search_probing_everything_equals_the_exact_one(hashing_embedder: Any) -> None:
+    rows = _rows()
+    rule = {"rule": "roundtrip", "top_k": 3, "keep_best_per_source": 2}
+    ctx = make_ctx(DOCS, embedder=hashing_embedder)
+    exact = FilterStep(FilterSpec.model_validate({"name": "quality", "rules": [rule]}))(rows, ctx)  # type: ignore[arg-type]
+    faiss_rule = {**rule, "search": "faiss", "nprobe": 10**6}
+    got = FilterStep(FilterSpec.model_validate({"name": "quality", "rules": [faiss_rule]}))(rows, ctx)  # type: ignore[arg-type]
+    assert got.rows == exact.rows
+    assert [d["reason"] for d in got.dropped] == [d["reason"] for d in exact.dropped]
+
+
 DOCS = [{"id": f"d{i}", "text": _text(i, 8, 1)} for i in range(60)]
 
 

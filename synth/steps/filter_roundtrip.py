@@ -20,6 +20,7 @@ row is its own passage and margin (16 bytes), only when keeping the best per pas
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 from array import array
@@ -29,10 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from synth.embedders import Embedder
+from synth.mining.ivf import FaissIndex
 from synth.steps.base import Row, StepContext
 from synth.steps.filter_common import Outcome, record, text_of
 from synth.steps.filter_spec import RoundTripRule
-from synth.steps.roundtrip_corpus import Batches, RoundTripCorpus, Scan, scan
+from synth.steps.roundtrip_corpus import Batches, RoundTripCorpus, Scan, ivf_scan, scan
 
 QUERY_BATCH = 16384  # queries embedded and scored at once (24 MiB of vectors at dim 384)
 Dropped = Callable[[Row], None]
@@ -60,15 +62,22 @@ def roundtrip_rows(
                 corpus = RoundTripCorpus.of_documents(ctx.documents, folder, embed, advance)
             else:
                 corpus = RoundTripCorpus.of_positives(batches, rule.positive_column, folder, embed, advance)
+        index = None
         try:
+            scanner = ctx.scan or scan  # Ray: a map_batches stage; locally: here
+            if rule.search == "faiss" and corpus.vectors is not None and len(corpus.vectors):
+                with ctx.progress.task(f"{step}: round-trip clustering corpus (faiss)", 0):
+                    index = FaissIndex(corpus.vectors, nprobe=rule.nprobe)
+                scanner = functools.partial(ivf_scan, index, top_k=rule.top_k)
             with ctx.progress.task(f"{step}: round-trip scoring queries", total) as advance:
-                scanner = ctx.scan or scan  # Ray: a map_batches stage; locally: here
                 passed = _passed(rule, corpus, embedder, scanner, batches, step, dropped, advance)
                 if rule.keep_best_per_source is None:
                     yield from (row for row, _, _ in passed)
                 else:
                     yield from _keep_best(rule, passed, folder / "passed.jsonl", step, dropped)
         finally:
+            if index is not None:
+                index.close()
             corpus.close()
 
 

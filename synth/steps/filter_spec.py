@@ -126,6 +126,10 @@ class RoundTripRule(_Rule):
     # GPL-style scale: of the queries that pass, keep per own passage only the K whose passage wins
     # by the largest margin (own score - best other document's score); None keeps every one that passes.
     keep_best_per_source: int | None = Field(default=None, ge=1)
+    # faiss: each query scans only the `nprobe` IVF clusters nearest it (linear time on 10^6+
+    # documents; needs synth[faiss]); a document in a cluster not probed cannot outrank the passage.
+    search: Literal["exact", "faiss"] = "exact"
+    nprobe: int = Field(default=16, ge=1)
 
     def columns(self) -> list[str]:
         return [self.query_column]

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from synth.mining.docstore import DocStore, StoreTexts, lookup, store_documents, text_hash
+from synth.mining.ivf import FaissIndex
 from synth.mining.search import VectorFile, embed_to_file, iter_chunks
 from synth.progress import Advance
 from synth.steps.base import Row
@@ -142,3 +143,23 @@ def scan(queries: np.ndarray, targets: np.ndarray, vectors: VectorFile) -> Scan:
             best[part] = np.where(better, top, best[part])
             best_at[part] = np.where(better, arg + start, best_at[part])
     return Scan(own=own, rank=above + 1, best_other=best, best_other_index=best_at)
+
+
+def ivf_scan(index: FaissIndex, queries: np.ndarray, targets: np.ndarray, vectors: VectorFile, top_k: int) -> Scan:
+    """`scan` through an IVF index (`search: faiss`): only the top_k + 1 documents the index finds are
+    compared with the own passage, which is all the rule's decision needs (rank <= top_k or not).
+
+    Probing every cluster gives `scan`'s answer for every query within top_k; a miss's rank is then a
+    lower bound (top_k + 1 or more). With fewer probes a document in a cluster not probed is never
+    counted, so a query may pass that exact search would drop (the approximation faiss mining makes).
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    own = np.einsum("ij,ij->i", queries, vectors.take(targets)) if len(queries) else np.zeros(0, np.float32)
+    idx, scores = index.search(queries, top_k + 1)  # score descending, then index ascending
+    others = np.where((idx == targets[:, None]) | (idx < 0), -np.inf, scores)
+    above = np.count_nonzero(others > (own + TIE)[:, None], axis=1)
+    best_col = others.argmax(axis=1) if len(queries) else np.zeros(0, np.int64)
+    rows = np.arange(len(queries))
+    best = others[rows, best_col]
+    best_at = np.where(np.isfinite(best), idx[rows, best_col], -1)
+    return Scan(own=own, rank=above + 1, best_other=best.astype(np.float32), best_other_index=best_at)
