@@ -45,6 +45,20 @@ def search_chunks(
     return {"row": np.concatenate(out_rows), "idx": np.concatenate(out_idx), "scores": np.concatenate(out_scores)}
 
 
+def _chunk_stage(ray: Any, fn: Any, n: int, **fn_kwargs: Any) -> Any:
+    """A Ray Data stage calling `fn` on each chunk of QUERY_CHUNK of `n` queries (one task per chunk)."""
+    tasks = int(os.environ.get("SYNTH_RAY_SEARCH_TASKS", 0)) or int(ray.cluster_resources().get("CPU", 1))
+    starts = ray.data.from_items([{"start": s} for s in range(0, n, QUERY_CHUNK)])
+    return starts.map_batches(
+        fn,
+        batch_size=1,
+        batch_format="numpy",
+        compute=ray.data.TaskPoolStrategy(size=max(1, tasks)),
+        num_cpus=float(os.environ.get("SYNTH_RAY_SEARCH_CPUS", 0)),
+        fn_kwargs=fn_kwargs,
+    )
+
+
 def ray_top_k(
     ray: Any, queries: np.ndarray, corpus: VectorFile, k: int, corpus_chunk: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -59,22 +73,10 @@ def ray_top_k(
         np.save(f, np.ascontiguousarray(queries, dtype=np.float32))
         query_path = f.name
     try:
-        tasks = int(os.environ.get("SYNTH_RAY_SEARCH_TASKS", 0)) or int(ray.cluster_resources().get("CPU", 1))
-        starts = ray.data.from_items([{"start": s} for s in range(0, n, QUERY_CHUNK)])
-        found = starts.map_batches(
-            search_chunks,
-            batch_size=1,
-            batch_format="numpy",
-            compute=ray.data.TaskPoolStrategy(size=max(1, tasks)),
-            num_cpus=float(os.environ.get("SYNTH_RAY_SEARCH_CPUS", 0)),
-            fn_kwargs={
-                "queries": query_path,
-                "corpus": str(corpus.path),
-                "rows": len(corpus),
-                "k": k,
-                "corpus_chunk": corpus_chunk,
-            },
-        )
+        found = _chunk_stage(
+            ray, search_chunks, n, queries=query_path, corpus=str(corpus.path), rows=len(corpus), k=k,
+            corpus_chunk=corpus_chunk,
+        )  # fmt: skip
         for batch in found.iter_batches(batch_size=None, batch_format="numpy"):
             rows = batch["row"]
             out_idx[rows, : batch["idx"].shape[1]] = batch["idx"]
@@ -122,15 +124,8 @@ def ray_scan(ray: Any, queries: np.ndarray, targets: np.ndarray, corpus: VectorF
             with tempfile.NamedTemporaryFile(dir=folder, prefix="scan-", suffix=".npy", delete=False) as f:
                 np.save(f, array)
                 paths.append(f.name)
-        tasks = int(os.environ.get("SYNTH_RAY_SEARCH_TASKS", 0)) or int(ray.cluster_resources().get("CPU", 1))
-        starts = ray.data.from_items([{"start": s} for s in range(0, n, QUERY_CHUNK)])
-        found = starts.map_batches(
-            scan_chunks,
-            batch_size=1,
-            batch_format="numpy",
-            compute=ray.data.TaskPoolStrategy(size=max(1, tasks)),
-            num_cpus=float(os.environ.get("SYNTH_RAY_SEARCH_CPUS", 0)),
-            fn_kwargs={"queries": paths[0], "targets": paths[1], "corpus": str(corpus.path), "rows": len(corpus)},
+        found = _chunk_stage(
+            ray, scan_chunks, n, queries=paths[0], targets=paths[1], corpus=str(corpus.path), rows=len(corpus)
         )
         out = {
             "own": np.zeros(n, np.float32),
