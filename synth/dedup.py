@@ -202,20 +202,35 @@ def _lsh_pairs(
     texts: Sequence[str], lengths: np.ndarray, threshold: float, bands: int, rows_per_band: int, max_bucket: int,
     keys_dir: Path | None,
 ) -> tuple[np.ndarray, int]:  # fmt: skip
-    """Candidate pairs from MinHash bands, verified with fuzz.ratio; returns ([i, j, score] rows, #scored)."""
+    """Candidate pairs from MinHash bands, verified with fuzz.ratio; returns ([i, j, score] rows, #scored).
+
+    Band by band: a near-duplicate pair shares most bands, so holding every band's candidates until
+    the end costs up to `bands` times the pairs; here a band's candidates are scored at once and only
+    the pairs found so far are kept (a pair below the threshold is scored again in each band it shares).
+    """
+    n = len(texts)
     band_keys = _band_keys(texts, bands, rows_per_band, keys_dir)
-    candidates: list[np.ndarray] = []
     verified: list[np.ndarray] = []
+    found = np.zeros(0, np.int64)  # sorted codes i * n + j of the pairs verified so far
     scored = 0
     for band in range(bands):
+        start = len(verified)
         codes, count = _pairs_within_runs(texts, lengths, _runs(band_keys.band(band)), threshold, max_bucket, verified)
-        candidates.append(codes)
-        scored += count
+        codes = np.unique(codes)
+        codes = codes[~np.isin(codes, found, assume_unique=True)]
+        scored += count + len(codes)
+        _verify(texts, codes, threshold, verified)
+        fresh = []
+        for k in range(start, len(verified)):  # each pair once: a big bucket's cdist may find an old one
+            pair_codes = verified[k][:, 0].astype(np.int64) * n + verified[k][:, 1].astype(np.int64)
+            new = ~np.isin(pair_codes, found)
+            verified[k] = verified[k][new]
+            fresh.append(pair_codes[new])
+        if fresh:
+            found = np.union1d(found, np.concatenate(fresh))
     band_keys.close()
-    codes = np.unique(np.concatenate(candidates))
-    scored += len(codes)
-    _verify(texts, codes, threshold, verified)
-    return (np.concatenate(verified) if verified else np.zeros((0, 3))), scored
+    pairs = np.concatenate(verified) if verified else np.zeros((0, 3))
+    return pairs, scored
 
 
 def same_words(a: str, b: str, min_word_ratio: float = 70.0) -> bool:
