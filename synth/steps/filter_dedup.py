@@ -60,10 +60,12 @@ def duplicates(rule: DedupRule, store: DocStore, source_keys: np.ndarray, folder
 
 
 def dedup_rows(
-    rule: DedupRule, batches: Batches, step: str, dropped: Dropped, counts: dict[str, int] | None = None
-) -> Batches:
+    rule: DedupRule, batches: Batches, step: str, dropped: Dropped, counts: dict[str, int] | None = None,
+    advance: Callable[[int], None] | None = None,
+) -> Batches:  # fmt: skip
     """Finds the duplicates among the rows `batches()` reads, writes their drop records (row order) to
-    `dropped`, and returns the kept rows as batches: each call a new pass over the input."""
+    `dropped`, and returns the kept rows as batches: each call a new pass over the input.
+    `advance(n)` counts the rows of the first pass (a progress line)."""
     with tempfile.TemporaryDirectory(prefix="synth-dedup-") as tmp:
         store = DocStore(Path(tmp))
         source_keys = array("Q")
@@ -73,6 +75,8 @@ def dedup_rows(
                     store.add(text_of(row, rule.column), text_of(row, "source_id"))
                     if rule.scope == "source":
                         source_keys.append(text_hash(text_of(row, "source_id")))
+                if advance is not None:
+                    advance(len(batch))
             found = duplicates(rule, store, np.asarray(source_keys, np.uint64), Path(tmp))
             is_duplicate = np.zeros(len(store), bool)
             is_duplicate[[d.index for d in found]] = True

@@ -54,7 +54,9 @@ def stream_rules(
                     source, once = _spilled(once, Path(tmp) / f"rule-{k}.jsonl"), None
                 checked = _checked(rule, source, check)
                 if isinstance(rule, DedupRule):
-                    source = dedup_rows(rule, checked, step, dropped, count)
+                    size = total if k == 0 else 0
+                    with ctx.progress.task(f"{step}: {rule.label}: reading rows, comparing", size) as advance:
+                        source = dedup_rows(rule, checked, step, dropped, count, advance)
                 else:
                     rows = roundtrip_rows(rule, _counted(checked, count), ctx, step, dropped, total if k == 0 else 0)
                     once = _chunks(_counted_out(rows, count))
