@@ -293,6 +293,7 @@ def find_duplicates(
         else:  # a 64-bit collision (about n^2 / 2^65): both texts stay
             is_rep[i] = True
     stats.exact = len(dups)
+    del keys, first_of_key, key_of, first  # 8 bytes a text each: not needed past this point
     reps = np.flatnonzero(is_rep)
     if threshold >= 100 or len(reps) < 2:
         return dups, stats
@@ -300,6 +301,7 @@ def find_duplicates(
     rep_lengths, found = lengths[reps], []
     # Each group: small ones all at once (every pair), larger ones by cdist, the largest by MinHash LSH.
     order, starts, sizes = _runs(labels[reps])
+    del labels, lengths, is_rep
     small = sizes < exhaustive_below
     codes, stats.candidate_pairs = _pairs_within_runs(
         rep_texts, rep_lengths, (order, starts[small], sizes[small]), threshold, _SMALL_GROUP, found
@@ -308,6 +310,12 @@ def find_duplicates(
     _verify(rep_texts, codes, threshold, found)
     for s, size in zip(starts[~small].tolist(), sizes[~small].tolist(), strict=True):
         stats.exhaustive = False
+        if size == len(reps):  # one group (scope all): no index arrays to build
+            del order
+            pairs, count = _lsh_pairs(rep_texts, rep_lengths, threshold, bands, rows_per_band, max_bucket, keys_dir)
+            found.append(pairs)
+            stats.candidate_pairs += count
+            continue
         members = np.sort(order[s : s + size])
         pairs, count = _lsh_pairs(
             _Subset(rep_texts, members), rep_lengths[members], threshold, bands, rows_per_band, max_bucket, keys_dir
