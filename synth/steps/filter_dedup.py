@@ -31,26 +31,26 @@ _IN_MEMORY = 20000  # this few texts are read into a list at once
 
 
 class NormalizedTexts(Sequence[str]):
-    """The store's texts at `members`, normalised as read (by index or by slice)."""
+    """The store's texts, normalised as read (by index, or by contiguous slice in one read)."""
 
-    def __init__(self, store: DocStore, members: np.ndarray) -> None:
-        self.store, self.members = store, members
+    def __init__(self, store: DocStore) -> None:
+        self.store = store
 
     def __len__(self) -> int:
-        return len(self.members)
+        return len(self.store)
 
     def __getitem__(self, k: Any) -> Any:  # type: ignore[override]
         if isinstance(k, slice):
-            picked = self.members[k]
-            if len(picked) and int(picked[-1]) - int(picked[0]) == len(picked) - 1:  # contiguous: one read
-                return [normalize(t) for t in self.store.texts(int(picked[0]), int(picked[-1]) + 1)]
-            return [normalize(self.store.text(j)) for j in picked.tolist()]
-        return normalize(self.store.text(int(self.members[k])))
+            start, stop, step = k.indices(len(self.store))
+            if step != 1:
+                raise ValueError("only contiguous slices")
+            return [normalize(t) for t in self.store.texts(start, stop)] if stop > start else []
+        return normalize(self.store.text(k))
 
 
 def duplicates(rule: DedupRule, store: DocStore, source_keys: np.ndarray, folder: Path) -> list[Duplicate]:
     """The rule's duplicates among the stored texts (indices into the store), sorted by row."""
-    view = NormalizedTexts(store, np.arange(len(store)))
+    view = NormalizedTexts(store)
     dups, _ = find_duplicates(
         view[:] if len(store) <= _IN_MEMORY else view, rule.threshold, exhaustive_below=rule.exhaustive_below,
         word_guard=rule.word_guard, groups=source_keys if rule.scope == "source" else None, normalized=True,
